@@ -1,0 +1,42 @@
+# ctrader-twisted developer commands.  Every target creates .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help venv test lint types generated pytest generate demo bench fuzz clean
+
+help:
+	@echo "make demo      run the whole product against the built-in sandbox"
+	@echo "make test      lint, type-check, check generated code, run the tests"
+	@echo "make generate  regenerate ctrader_twisted/messages from protobuf/*.proto"
+	@echo "make bench     run the benchmarks (writes docs/benchmarks.md)"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check --output-format concise ctrader_twisted tests tools bench twisted
+	$(BIN)/ruff format --check ctrader_twisted tests tools bench twisted
+
+types: $(STAMP)
+	$(BIN)/mypy
+
+generated: $(STAMP)
+	$(BIN)/python tools/generate.py --check
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test: lint types generated pytest
+
+generate: $(STAMP)
+	$(BIN)/python tools/generate.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,194 @@
+"""The framing protocol: 4-byte big-endian length prefixes around ``ProtoMessage`` envelopes.
+
+:class:`OpenApiProtocol` turns a byte stream into :class:`~ctrader_twisted.messages.Envelope`
+values and messages into frames, and nothing more.  It hands every decoded frame, every frame it
+could not decode, and the start and end of the connection to its :class:`MessageHandler`; the
+client (requests, heartbeats, reconnects) and the sandbox server (sessions) are such handlers.
+The same class serves both ends of a connection.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Final, Protocol, TypeVar
+
+from google.protobuf.message import Message
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.protocols.basic import Int32StringReceiver
+from twisted.python.failure import Failure
+
+from ._failure import failure_of
+from .errors import FrameTooLarge, MalformedMessage, ProtocolError
+from .messages import Envelope, decode_envelope, encode_message
+
+__all__ = ["DEFAULT_MAX_LENGTH", "MessageHandler", "OpenApiProtocol"]
+
+#: Largest frame accepted, in bytes (16 MiB).  Twisted's default of 99,999 bytes would cut off
+#: large symbol lists and history pages; the official SDK uses 15,000,000.
+_T = TypeVar("_T")
+_PREFIX: Final = struct.Struct("!I")
+
+DEFAULT_MAX_LENGTH: Final = 16 * 1024 * 1024
+
+
+class MessageHandler(Protocol):
+    """What an :class:`OpenApiProtocol` reports to, always on the reactor thread."""
+
+    def connection_made(self, protocol: OpenApiProtocol) -> None:
+        """The connection is up (for TLS: the handshake may still be under way)."""
+
+    def envelope_received(self, protocol: OpenApiProtocol, envelope: Envelope) -> None:
+        """A frame was decoded.  Unknown payload types arrive as ``UnknownMessage``."""
+
+    def decode_failed(self, protocol: OpenApiProtocol, error: MalformedMessage) -> None:
+        """A frame could not be decoded; the protocol goes on with the next one."""
+
+    def connection_lost(self, protocol: OpenApiProtocol, reason: Failure) -> None:
+        """The connection ended.  ``reason`` wraps a :class:`ProtocolError` when we closed it
+        because the peer broke the framing."""
+
+
+class OpenApiProtocol(Int32StringReceiver):
+    """One Open API connection's framing.
+
+    :param handler: receives decoded frames and connection events.
+    :param clock: time source for :attr:`last_received` and :attr:`last_sent`.
+    :param max_length: largest accepted frame in bytes; a longer length prefix closes the
+        connection with :class:`~ctrader_twisted.errors.FrameTooLarge`.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        handler: MessageHandler,
+        clock: IReactorTime,
+        *,
+        max_length: int = DEFAULT_MAX_LENGTH,
+    ) -> None:
+        self.MAX_LENGTH = max_length
+        self.handler = handler
+        self.clock = clock
+        #: ``clock.seconds()`` when bytes last arrived / a frame was last written.
+        self.last_received = 0.0
+        self.last_sent = 0.0
+        self.frames_received = 0
+        self.frames_sent = 0
+        #: Set when we close the connection because the peer broke the protocol.
+        self.close_reason: ProtocolError | None = None
+        self.connected_now = False
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._needed = 4
+
+    @property
+    def broken(self) -> bool:
+        """Whether we closed the connection because the peer broke the protocol."""
+        return self.close_reason is not None
+
+    # Twisted overrides
+
+    def connectionMade(self) -> None:
+        now = self.clock.seconds()
+        self.last_received = self.last_sent = now
+        self.connected_now = True
+        self.handler.connection_made(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        # Our own loop rather than Int32StringReceiver's: chunks of a large frame are collected
+        # in a list and joined once, so a 16 MiB frame in small reads costs linear time.
+        if self.close_reason is not None:
+            return  # framing is lost; drop everything until the close completes
+        self.last_received = self.clock.seconds()
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered < self._needed:
+            return
+        buffer = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
+        size = len(buffer)
+        offset = 0
+        while size - offset >= 4 and not self.paused:
+            (length,) = _PREFIX.unpack_from(buffer, offset)
+            if length > self.MAX_LENGTH:
+                self.lengthLimitExceeded(length)
+                return
+            end = offset + 4 + length
+            if end > size:
+                break
+            self.stringReceived(buffer[offset + 4 : end])
+            offset = end
+            if self.broken:  # a handler may have closed us from inside stringReceived
+                return
+        rest = buffer[offset:] if offset else buffer
+        self._chunks = [rest] if rest else []
+        self._buffered = len(rest)
+        self._needed = 4 + _PREFIX.unpack_from(rest)[0] if len(rest) >= 4 else 4
+
+    def stringReceived(self, string: bytes) -> None:
+        self.frames_received += 1
+        if not string:
+            self._log.debug("ignoring a zero-length frame")
+            return
+        try:
+            envelope = decode_envelope(string)
+        except MalformedMessage as error:
+            self._log.warn("could not decode a frame: {error}", error=error)
+            self._safely(self.handler.decode_failed, error)
+            return
+        self._safely(self.handler.envelope_received, envelope)
+
+    def lengthLimitExceeded(self, length: int) -> None:
+        error = FrameTooLarge(length, self.MAX_LENGTH)
+        self._log.error("closing the connection: {error}", error=error)
+        self.close_reason = error
+        self._chunks = []
+        self._buffered = 0
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.connected_now = False
+        if self.close_reason is not None:
+            reason = failure_of(self.close_reason)
+        self._safely(self.handler.connection_lost, reason)
+
+    # Our API
+
+    def send(self, message: Message, client_msg_id: str | None = None) -> None:
+        """Frame and write ``message`` with an optional clientMsgId.
+
+        :raises KeyError: if ``message`` has no payload type.
+        :raises google.protobuf.message.EncodeError: if a required field is missing.
+        """
+        self.send_raw(encode_message(message, client_msg_id))
+
+    def send_raw(self, body: bytes) -> None:
+        """Write one already-encoded envelope, adding the length prefix."""
+        self.sendString(body)
+
+    def sendString(self, string: bytes) -> None:
+        """Write ``string`` as one frame (length prefix added)."""
+        if self.transport is None:
+            raise RuntimeError("not connected")
+        self.transport.write(_PREFIX.pack(len(string)) + string)
+        self.frames_sent += 1
+        self.last_sent = self.clock.seconds()
+
+    def close(self, abort: bool = False) -> None:
+        """Close the connection; ``abort=True`` drops it at once without flushing."""
+        if self.transport is None:
+            return
+        abort_connection = getattr(self.transport, "abortConnection", None)
+        if abort and abort_connection is not None:
+            abort_connection()
+        else:
+            self.transport.loseConnection()
+
+    def _safely(self, method: Callable[[OpenApiProtocol, _T], None], argument: _T) -> None:
+        try:
+            method(self, argument)
+        except Exception:
+            self._log.failure("unhandled error in {handler}", handler=type(self.handler).__name__)

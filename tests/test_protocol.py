@@ -1,0 +1,202 @@
+"""The framing protocol: split frames, several per chunk, oversize prefixes, bad payloads."""
+
+from __future__ import annotations
+
+import itertools
+import struct
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver, StringTransport
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from ctrader_twisted import messages as m
+from ctrader_twisted.errors import FrameTooLarge, MalformedMessage
+from ctrader_twisted.protocol import DEFAULT_MAX_LENGTH, OpenApiProtocol
+
+
+class Recorder:
+    """A MessageHandler that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.made = 0
+        self.envelopes: list[m.Envelope] = []
+        self.errors: list[MalformedMessage] = []
+        self.lost: list[Failure] = []
+
+    def connection_made(self, protocol: OpenApiProtocol) -> None:
+        self.made += 1
+
+    def envelope_received(self, protocol: OpenApiProtocol, envelope: m.Envelope) -> None:
+        self.envelopes.append(envelope)
+
+    def decode_failed(self, protocol: OpenApiProtocol, error: MalformedMessage) -> None:
+        self.errors.append(error)
+
+    def connection_lost(self, protocol: OpenApiProtocol, reason: Failure) -> None:
+        self.lost.append(reason)
+
+
+def connect(
+    max_length: int = DEFAULT_MAX_LENGTH,
+) -> tuple[OpenApiProtocol, Recorder, StringTransport, Clock]:
+    clock = Clock()
+    recorder = Recorder()
+    protocol = OpenApiProtocol(recorder, clock, max_length=max_length)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, recorder, transport, clock
+
+
+SAMPLE = [
+    m.encode_frame(m.ProtoOAVersionRes(version="91"), "a"),
+    m.encode_frame(m.ProtoOASpotEvent(ctidTraderAccountId=7, symbolId=1, bid=110000), None),
+    m.encode_frame(m.ProtoHeartbeatEvent()),
+    m.encode_frame(m.ProtoOAErrorRes(errorCode="CH_ACCESS_TOKEN_INVALID"), "b"),
+]
+STREAM = b"".join(SAMPLE)
+
+
+def _decoded(recorder: Recorder) -> list[tuple[int, str | None, bytes]]:
+    result = []
+    for envelope in recorder.envelopes:
+        message = envelope.message
+        assert not isinstance(message, m.UnknownMessage)
+        result.append((envelope.payload_type, envelope.client_msg_id, message.SerializeToString()))
+    return result
+
+
+EXPECTED = [
+    (2105, "a", m.ProtoOAVersionRes(version="91").SerializeToString()),
+    (
+        2131,
+        None,
+        m.ProtoOASpotEvent(ctidTraderAccountId=7, symbolId=1, bid=110000).SerializeToString(),
+    ),
+    (51, None, m.ProtoHeartbeatEvent().SerializeToString()),
+    (2142, "b", m.ProtoOAErrorRes(errorCode="CH_ACCESS_TOKEN_INVALID").SerializeToString()),
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(cuts=st.lists(st.integers(0, len(STREAM)), max_size=30))
+def test_split_at_arbitrary_boundaries(cuts: list[int]) -> None:
+    protocol, recorder, _, _ = connect()
+    points = sorted(set(cuts) | {0, len(STREAM)})
+    for start, end in itertools.pairwise(points):
+        protocol.dataReceived(STREAM[start:end])
+    assert _decoded(recorder) == EXPECTED
+    assert recorder.errors == []
+
+
+class FramingTests(SynchronousTestCase):
+    def test_one_byte_feeds(self) -> None:
+        protocol, recorder, _, _ = connect()
+        for i in range(len(STREAM)):
+            protocol.dataReceived(STREAM[i : i + 1])
+        self.assertEqual(_decoded(recorder), EXPECTED)
+
+    def test_several_frames_in_one_chunk(self) -> None:
+        protocol, recorder, _, _ = connect()
+        protocol.dataReceived(STREAM)
+        self.assertEqual(_decoded(recorder), EXPECTED)
+        self.assertEqual(protocol.frames_received, 4)
+
+    def test_zero_length_frame_is_skipped(self) -> None:
+        protocol, recorder, transport, _ = connect()
+        protocol.dataReceived(struct.pack("!I", 0) + SAMPLE[0])
+        self.assertEqual(_decoded(recorder), EXPECTED[:1])
+        self.assertFalse(transport.disconnecting)
+
+    def test_oversize_length_prefix_closes_with_logged_error(self) -> None:
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        protocol, recorder, transport, _ = connect(max_length=1000)
+        protocol.dataReceived(SAMPLE[0] + struct.pack("!I", 1001) + b"x" * 50)
+        self.assertEqual(_decoded(recorder), EXPECTED[:1])
+        self.assertTrue(transport.disconnecting)
+        errors = [e for e in observer if e["log_level"].name == "error"]
+        self.assertEqual(len(errors), 1)
+        self.assertIsInstance(errors[0]["error"], FrameTooLarge)
+        protocol.dataReceived(SAMPLE[1])  # ignored: framing is lost
+        self.assertEqual(len(recorder.envelopes), 1)
+        protocol.connectionLost(Failure(ConnectionError("closed")))
+        self.assertIsInstance(recorder.lost[0].value, FrameTooLarge)
+
+    def test_default_limit_is_at_least_16_mib(self) -> None:
+        protocol, _, _, _ = connect()
+        self.assertGreaterEqual(protocol.MAX_LENGTH, 16 * 1024 * 1024)
+        big = m.ProtoOAGetTrendbarsRes(ctidTraderAccountId=1, period=1, symbolId=1)
+        for i in range(150_000):  # about 1.5 MB of bars, more than Twisted's default allows
+            big.trendbar.add(low=100000 + i, utcTimestampInMinutes=i, volume=3)
+        frame = m.encode_frame(big, "big")
+        protocol.dataReceived(frame)
+        self.assertEqual(protocol.handler.envelopes[0].message, big)  # type: ignore[attr-defined]
+
+    def test_large_frame_in_many_small_reads(self) -> None:
+        protocol, recorder, _, _ = connect()
+        frame = m.encode_frame(m.ProtoOAVersionRes(version="x" * 2_000_000))
+        for i in range(0, len(frame), 4096):
+            protocol.dataReceived(frame[i : i + 4096])
+        self.assertEqual(len(recorder.envelopes), 1)
+
+    def test_unknown_payload_type_is_delivered_and_reading_goes_on(self) -> None:
+        protocol, recorder, _, _ = connect()
+        unknown = m.ProtoMessage(payloadType=4242, payload=b"raw", clientMsgId="u")
+        body = unknown.SerializeToString()
+        protocol.dataReceived(struct.pack("!I", len(body)) + body + SAMPLE[0])
+        first = recorder.envelopes[0]
+        self.assertEqual(first.message, m.UnknownMessage(4242, b"raw"))
+        self.assertEqual(first.client_msg_id, "u")
+        self.assertEqual(len(recorder.envelopes), 2)
+
+    def test_corrupt_payload_is_reported_and_reading_goes_on(self) -> None:
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        protocol, recorder, transport, _ = connect()
+        bad = m.ProtoMessage(payloadType=2131, payload=b"\xff\xff").SerializeToString()
+        protocol.dataReceived(struct.pack("!I", len(bad)) + bad + SAMPLE[0])
+        self.assertEqual(len(recorder.errors), 1)
+        self.assertEqual(recorder.errors[0].payload_type, 2131)
+        self.assertEqual(_decoded(recorder), EXPECTED[:1])
+        self.assertFalse(transport.disconnecting)
+        self.assertTrue(any(e["log_level"].name == "warn" for e in observer))
+
+    def test_handler_exception_is_logged_not_raised(self) -> None:
+        protocol, recorder, _, _ = connect()
+
+        def boom(protocol: OpenApiProtocol, envelope: m.Envelope) -> None:
+            raise ValueError("listener bug")
+
+        recorder.envelope_received = boom  # type: ignore[method-assign]
+        protocol.dataReceived(STREAM)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 4)
+
+    def test_send_writes_a_frame_and_stamps_time(self) -> None:
+        protocol, _, transport, clock = connect()
+        clock.advance(5)
+        protocol.send(m.ProtoOAVersionReq(), "v1")
+        written = transport.value()
+        (length,) = struct.unpack("!I", written[:4])
+        self.assertEqual(length, len(written) - 4)
+        envelope = m.decode_envelope(written[4:])
+        self.assertEqual((envelope.payload_type, envelope.client_msg_id), (2104, "v1"))
+        self.assertEqual(protocol.last_sent, 5)
+        self.assertEqual(protocol.frames_sent, 1)
+
+    def test_last_received_follows_the_clock(self) -> None:
+        protocol, _, _, clock = connect()
+        clock.advance(12)
+        protocol.dataReceived(SAMPLE[2][:3])
+        self.assertEqual(protocol.last_received, 12)
+
+    def test_connection_events_reach_the_handler(self) -> None:
+        protocol, recorder, transport, _ = connect()
+        self.assertEqual(recorder.made, 1)
+        self.assertTrue(protocol.connected_now)
+        protocol.close()
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionError("bye")))
+        self.assertIsInstance(recorder.lost[0].value, ConnectionError)
+        self.assertFalse(protocol.connected_now)
