@@ -38,5 +38,17 @@ test: lint types generated pytest
 generate: $(STAMP)
 	$(BIN)/python tools/generate.py
 
+# Owned by the CLI work: the whole product against the built-in sandbox.
+demo: $(STAMP)
+	$(BIN)/ctrader-twisted demo
+
+# Owned by the benchmark work.
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Owned by the reliability work: longer fuzzing budgets than make test uses.
+fuzz: $(STAMP)
+	$(BIN)/python -m pytest -q tests/test_fuzz.py -p no:cacheprovider $(FUZZ_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
