@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LINT_PATHS := $(wildcard ctrader_twisted tests tools bench twisted)
 
 .PHONY: help venv test lint types generated pytest generate demo bench fuzz clean
 
@@ -21,8 +22,8 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check --output-format concise ctrader_twisted tests tools bench twisted
-	$(BIN)/ruff format --check ctrader_twisted tests tools bench twisted
+	$(BIN)/ruff check --output-format concise $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 types: $(STAMP)
 	$(BIN)/mypy
