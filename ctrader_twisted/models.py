@@ -1,0 +1,132 @@
+"""Typed models and exact conversions for cTrader Open API data.
+
+Raw protobuf values are awkward: prices are integers in 1/100000 units (or doubles on order and
+position fields), trendbars are a low plus deltas, ticks are differences in newest-first order,
+volumes are hundredths of a unit and money is scaled by ``moneyDigits``.  This module turns them
+into frozen dataclasses holding :class:`~decimal.Decimal` prices and aware UTC datetimes, and
+converts back where a request needs the wire form.
+
+See ``docs/models.md`` for a guided tour.  The implementation lives in private modules
+(``_models_units``, ``_models_market``, ``_models_trading``, ``_models_symbols``); this module is
+the public surface.
+"""
+
+from __future__ import annotations
+
+from ._models_market import (
+    Bar,
+    Quote,
+    QuoteTracker,
+    Tick,
+    bar_from_trendbar,
+    bars_from_spot,
+    decode_ticks,
+    encode_ticks,
+    trendbar_from_bar,
+)
+from ._models_symbols import (
+    RequestClient,
+    SymbolCatalog,
+    SymbolDetails,
+    SymbolSummary,
+    UnknownSymbol,
+    normalize_symbol_name,
+    symbol_details_from_proto,
+    symbol_summary_from_proto,
+)
+from ._models_trading import (
+    Account,
+    AccountDetails,
+    Fill,
+    Position,
+    PositionStatus,
+    account_details_from_proto,
+    account_from_proto,
+    fill_from_deal,
+    position_from_proto,
+)
+from ._models_units import (
+    DEFAULT_MONEY_DIGITS,
+    EPOCH,
+    PRICE_DIGITS,
+    PRICE_SCALE,
+    VOLUME_SCALE,
+    Period,
+    PriceLike,
+    QuoteSide,
+    RelativeProtection,
+    TradeSide,
+    absolute_protection,
+    datetime_from_minutes,
+    datetime_from_ms,
+    lots_to_volume,
+    minutes_from_datetime,
+    money_from_int,
+    money_to_int,
+    ms_from_datetime,
+    price_from_float,
+    price_from_int,
+    price_to_int,
+    relative_protection,
+    round_price,
+    to_decimal,
+    units_to_volume,
+    volume_to_lots,
+    volume_to_units,
+)
+
+__all__ = [
+    "DEFAULT_MONEY_DIGITS",
+    "EPOCH",
+    "PRICE_DIGITS",
+    "PRICE_SCALE",
+    "VOLUME_SCALE",
+    "Account",
+    "AccountDetails",
+    "Bar",
+    "Fill",
+    "Period",
+    "Position",
+    "PositionStatus",
+    "PriceLike",
+    "Quote",
+    "QuoteSide",
+    "QuoteTracker",
+    "RelativeProtection",
+    "RequestClient",
+    "SymbolCatalog",
+    "SymbolDetails",
+    "SymbolSummary",
+    "Tick",
+    "TradeSide",
+    "UnknownSymbol",
+    "absolute_protection",
+    "account_details_from_proto",
+    "account_from_proto",
+    "bar_from_trendbar",
+    "bars_from_spot",
+    "datetime_from_minutes",
+    "datetime_from_ms",
+    "decode_ticks",
+    "encode_ticks",
+    "fill_from_deal",
+    "lots_to_volume",
+    "minutes_from_datetime",
+    "money_from_int",
+    "money_to_int",
+    "ms_from_datetime",
+    "normalize_symbol_name",
+    "position_from_proto",
+    "price_from_float",
+    "price_from_int",
+    "price_to_int",
+    "relative_protection",
+    "round_price",
+    "symbol_details_from_proto",
+    "symbol_summary_from_proto",
+    "to_decimal",
+    "trendbar_from_bar",
+    "units_to_volume",
+    "volume_to_lots",
+    "volume_to_units",
+]
