@@ -10,14 +10,13 @@ import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Protocol, TypeVar
+from typing import Protocol, overload
 
 from google.protobuf.message import Message
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
 from . import messages as m
-from ._failure import failure_of
 from ._models_units import (
     PriceLike,
     lots_to_volume,
@@ -26,7 +25,7 @@ from ._models_units import (
     round_price,
     volume_to_lots,
 )
-from .errors import CTraderError, ProtocolError
+from .errors import CTraderError
 
 __all__ = [
     "RequestClient",
@@ -39,17 +38,33 @@ __all__ = [
     "symbol_summary_from_proto",
 ]
 
-_ResT = TypeVar("_ResT", bound=Message)
-
 
 class RequestClient(Protocol):
-    """What the models and history layers need from a client: typed request/response.
+    """What the models and history layers need from a client: typed requests.
 
-    :class:`ctrader_twisted.Client` provides it; tests may pass a fake.
+    :class:`ctrader_twisted.Client` provides it (its ``request`` has one overload per request
+    type); tests may pass any object with a matching ``request`` method.
     """
 
-    def request(self, message: Message, timeout: float | None = None) -> Deferred[Message]:
-        """Send ``message``; fire with the response message or fail with the server error."""
+    @overload
+    def request(
+        self, message: m.ProtoOAGetTickDataReq, *, timeout: float | None = None
+    ) -> Deferred[m.ProtoOAGetTickDataRes]: ...
+
+    @overload
+    def request(
+        self, message: m.ProtoOAGetTrendbarsReq, *, timeout: float | None = None
+    ) -> Deferred[m.ProtoOAGetTrendbarsRes]: ...
+
+    @overload
+    def request(
+        self, message: m.ProtoOASymbolByIdReq, *, timeout: float | None = None
+    ) -> Deferred[m.ProtoOASymbolByIdRes]: ...
+
+    @overload
+    def request(
+        self, message: m.ProtoOASymbolsListReq, *, timeout: float | None = None
+    ) -> Deferred[m.ProtoOASymbolsListRes]: ...
 
 
 class UnknownSymbol(CTraderError, LookupError):
@@ -218,12 +233,6 @@ def symbol_details_from_proto(
     )
 
 
-def _expect(response: Message, cls: type[_ResT]) -> _ResT:
-    if not isinstance(response, cls):
-        raise ProtocolError(f"expected {cls.__name__}, got {type(response).__name__}")
-    return response
-
-
 class _AccountSymbols:
     """What the catalogue knows about one account."""
 
@@ -326,8 +335,8 @@ class SymbolCatalog:
         missing = sorted({i for i in symbol_ids if i not in known.details})
         if missing:
             request = m.ProtoOASymbolByIdReq(ctidTraderAccountId=account_id, symbolId=missing)
-            response = await self._client.request(request, self._timeout)
-            for symbol in _expect(response, m.ProtoOASymbolByIdRes).symbol:
+            response = await self._client.request(request, timeout=self._timeout)
+            for symbol in response.symbol:
                 summary = known.by_id.get(int(symbol.symbolId))
                 details = symbol_details_from_proto(symbol, summary)
                 known.details[details.symbol_id] = details
@@ -349,24 +358,16 @@ class SymbolCatalog:
             return waiter
         self._loading[account_id] = [waiter]
         request = m.ProtoOASymbolsListReq(ctidTraderAccountId=account_id)
-        loading = self._client.request(request, self._timeout)
+        loading = self._client.request(request, timeout=self._timeout)
         loading.addCallbacks(
             self._listed, self._failed, callbackArgs=(account_id,), errbackArgs=(account_id,)
         )
         return waiter
 
-    def _listed(self, response: Message, account_id: int) -> None:
-        waiters = self._loading.pop(account_id, [])
-        try:
-            listed = _expect(response, m.ProtoOASymbolsListRes)
-        except ProtocolError as error:
-            failure = failure_of(error)
-            for waiter in waiters:
-                waiter.errback(failure)
-            return
-        known = _AccountSymbols(symbol_summary_from_proto(s) for s in listed.symbol)
+    def _listed(self, response: m.ProtoOASymbolsListRes, account_id: int) -> None:
+        known = _AccountSymbols(symbol_summary_from_proto(s) for s in response.symbol)
         self._accounts[account_id] = known
-        for waiter in waiters:
+        for waiter in self._loading.pop(account_id, []):
             waiter.callback(known)
 
     def _failed(self, failure: Failure, account_id: int) -> None:

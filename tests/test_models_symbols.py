@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ctrader_twisted import messages as m
 from ctrader_twisted._failure import failure_of
-from ctrader_twisted.errors import OpenApiError, ProtocolError
+from ctrader_twisted.errors import OpenApiError
 from ctrader_twisted.models import (
     SymbolCatalog,
     SymbolDetails,
@@ -52,7 +52,7 @@ class FakeClient:
         self.held: list[tuple[Deferred[Message], Message]] = []
         self.fail_with: Exception | None = None
 
-    def request(self, message: Message, timeout: float | None = None) -> Deferred[Message]:
+    def request(self, message: Message, *, timeout: float | None = None) -> Deferred[Message]:
         self.sent.append(message)
         if self.fail_with is not None:
             return fail(failure_of(self.fail_with))
@@ -192,15 +192,6 @@ class CatalogTests(SynchronousTestCase):
         self.failureResultOf(catalog.resolve(7, "EURUSD"), OpenApiError)
         client.fail_with = None
         self.assertEqual(self.successResultOf(catalog.resolve(7, "EURUSD")).symbol_id, 1)
-
-    def test_wrong_response_type(self) -> None:
-        client = FakeClient(hold=True)
-        catalog = SymbolCatalog(client)
-        first, second = catalog.symbols(7), catalog.symbols(7)
-        waiting, _ = client.held.pop()
-        waiting.callback(m.ProtoOAVersionRes(version="1"))
-        self.failureResultOf(first, ProtocolError)
-        self.failureResultOf(second, ProtocolError)
 
     def test_invalidate(self) -> None:
         client = FakeClient()
