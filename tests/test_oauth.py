@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+from pathlib import Path
 from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
@@ -12,7 +15,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorThreads, IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import Clock
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -39,6 +42,13 @@ GOOD = {
     "expiresIn": 2628000,
     "refreshToken": "refresh-1-abcdefgh",
 }
+
+
+def temp_path(case: SynchronousTestCase) -> Path:
+    """A fresh path in a private temporary directory removed after the test."""
+    directory = tempfile.mkdtemp(prefix="ctrader-oauth-test-")
+    case.addCleanup(shutil.rmtree, directory, True)
+    return Path(directory) / "tokens" / "token.json"
 
 
 class TokenEndpoint(Resource):
@@ -228,7 +238,7 @@ class ExpiryDrivenRefreshTests(TestCase):
         clock = Clock()
         clock.advance(1000)
         client = oauth_client(listen(self, endpoint), clock=clock)
-        store = TokenStore(self.mktemp(), cast("IReactorThreads", reactor))
+        store = TokenStore(temp_path(self), cast("IReactorThreads", reactor))
         first = Token("access-0-abcdefgh", "refresh-0-abcdefgh", 1000 + 3600, 1000)
         refresher = TokenRefresher(clock, client.refresh, first, store=store, margin=600)
         refreshed: list[Token] = []

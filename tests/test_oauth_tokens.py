@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
+import tempfile
 from pathlib import Path
 from typing import cast
 from unittest import mock
@@ -28,6 +30,13 @@ from ctrader_twisted.tokens import TokenFileError, mask
 
 ACCESS = "access-secret-0123456789"
 REFRESH = "refresh-secret-0123456789"
+
+
+def temp_path(case: SynchronousTestCase) -> Path:
+    """A fresh path in a private temporary directory removed after the test."""
+    directory = tempfile.mkdtemp(prefix="ctrader-oauth-test-")
+    case.addCleanup(shutil.rmtree, directory, True)
+    return Path(directory) / "tokens" / "token.json"
 
 
 def token(expires_at: float = 1000.0, obtained_at: float = 0.0, n: int = 0) -> Token:
@@ -71,8 +80,7 @@ class TokenModelTests(SynchronousTestCase):
 
 class TokenStoreTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.dir = Path(self.mktemp())
-        self.path = self.dir / "sub" / "token.json"
+        self.path = temp_path(self)
         self.store = TokenStore(self.path)
 
     def test_missing_file_reads_none(self) -> None:
@@ -130,7 +138,7 @@ class TokenStoreThreadTests(TestCase):
     """load() and save() run the file I/O in the reactor's thread pool."""
 
     async def test_save_then_load(self) -> None:
-        store = TokenStore(Path(self.mktemp()) / "t.json", cast(IReactorThreads, _global_reactor))
+        store = TokenStore(temp_path(self), cast(IReactorThreads, _global_reactor))
         self.assertIsNone(await store.load())
         await store.save(token(n=3))
         self.assertEqual(await store.load(), token(n=3))
