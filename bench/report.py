@@ -38,7 +38,7 @@ def _fmt(figure: Figure | None, digits: int, unit: str = "") -> str:
     if figure is None or figure.median is None:
         return "n/a"
     text = f"{figure.median:,.{digits}f}{unit}"
-    if figure.samples > 1 and figure.low is not None and figure.high is not None:
+    if figure.low is not None and figure.high is not None and figure.low != figure.high:
         text += f" ({figure.low:,.{digits}f} to {figure.high:,.{digits}f})"
     return text
 
@@ -253,7 +253,7 @@ def write_chart(path: Path, summary: Summary) -> None:
         [("ours", ours["burst_wall_s"]), ("official\n(extrap.)", theirs.get("burst_wall_s"))],
     )
     axes[2].axhline(theoretical_minimum_s(), color="grey", linestyle="--", linewidth=1)
-    axes[2].text(0.02, theoretical_minimum_s(), " minimum", va="bottom", fontsize=8)
+    axes[2].text(1.45, theoretical_minimum_s(), "minimum", ha="right", va="bottom", fontsize=8)
     _bars(
         axes[3],
         "Drop → restored (s)",
@@ -264,6 +264,14 @@ def write_chart(path: Path, summary: Summary) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _short(value: float) -> str:
+    if value >= 10_000:
+        return f"{value / 1000:,.0f}k"
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
 
 
 def _bars(
@@ -283,7 +291,8 @@ def _bars(
         low = figure.median - (figure.low if figure.low is not None else figure.median)
         high = (figure.high if figure.high is not None else figure.median) - figure.median
         ax.bar(index, figure.median, color=colors[index], yerr=[[low], [high]], capsize=4)
-        ax.text(index, figure.median, f"{figure.median:,.3g}", ha="center", va="bottom")
+        top = figure.high if figure.high is not None else figure.median
+        ax.text(index, top, _short(figure.median), ha="center", va="bottom", fontsize=9)
     ax.set_xticks(range(len(items)), [label for label, _ in items])
     ax.set_title(title, fontsize=10)
     if log:

@@ -34,13 +34,15 @@ class Sizes:
     restore_wait: float
     burst_budget: float
     ceiling_count: int
+    burst_ordinary: int = 300
+    burst_historical: int = 30
 
     def for_client(self, client: str) -> dict[str, Any]:
         """Driver settings for ``client`` (``"ours"`` or ``"official"``)."""
         common: dict[str, Any] = {
             "label": client,
-            "burst_ordinary": 300,
-            "burst_historical": 30,
+            "burst_ordinary": self.burst_ordinary,
+            "burst_historical": self.burst_historical,
             "burst_deadline": 60.0,
             "event_timeout": 120.0,
             "restore_runs": self.restore_runs,
@@ -71,7 +73,7 @@ class Sizes:
 def sizes_for(quick: bool, tiny: bool = False) -> Sizes:
     """The default sizes, ``--quick`` ones, or tiny ones for the smoke test."""
     if tiny:
-        return Sizes(20, 200, 1, 500, 1, 0.5, 2.0, 2_000)
+        return Sizes(20, 200, 1, 500, 1, 0.5, 2.0, 2_000, burst_ordinary=10, burst_historical=2)
     if quick:
         return Sizes(500, 20_000, 2, 50_000, 2, 3.0, 8.0, 50_000)
     return Sizes(1_000, 100_000, 3, 300_000, 5, 5.0, 15.0, 200_000)
