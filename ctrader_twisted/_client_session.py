@@ -1,0 +1,312 @@
+"""One connection's worth of client state: the hot dispatch path, pacing, heartbeats.
+
+A :class:`Session` is the :class:`~ctrader_twisted.protocol.MessageHandler` of one
+:class:`~ctrader_twisted.protocol.OpenApiProtocol`.  It owns everything that must not outlive the
+connection: the rate limiters and their queues, the table of written requests by clientMsgId, the
+heartbeat timer and the dead-link timer.  What must survive reconnects (listeners, accounts,
+subscriptions, requests waiting for a ready session) belongs to the :class:`SessionOwner`, the
+client.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Mapping
+from contextlib import suppress
+from typing import Final, Protocol
+
+from google.protobuf.message import Message
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ._failure import failure_of
+from ._pending import PendingRequest, State
+from ._ratelimit import RateLimiter
+from .errors import (
+    ConnectionLost,
+    MalformedMessage,
+    ProtocolError,
+    RateLimited,
+    RequestTimeout,
+    error_from_message,
+)
+from .messages import Envelope, ProtoHeartbeatEvent, UnknownMessage, encode_message
+from .protocol import OpenApiProtocol
+
+__all__ = ["Listener", "Session", "SessionOwner"]
+
+Listener = Callable[[Message], object]
+
+_HEARTBEAT: Final = encode_message(ProtoHeartbeatEvent())
+
+
+class SessionOwner(Protocol):
+    """What a :class:`Session` reports to (the client)."""
+
+    def next_client_msg_id(self) -> str:
+        """A clientMsgId never used before by this client."""
+
+    def session_connected(self, session: Session) -> None:
+        """The connection is up; the restore sequence may begin."""
+
+    def session_lost(self, session: Session, reason: Failure, unsent: list[PendingRequest]) -> None:
+        """The connection ended.  ``unsent`` were still queued for the rate limit."""
+
+    def start_send_timer(self, pending: PendingRequest) -> None:
+        """``pending`` must wait to be written: start its send bound if it has none."""
+
+    def retry_rate_limited(self, pending: PendingRequest, error: RateLimited) -> bool:
+        """``pending`` was refused for the rate limit: schedule a retry, or return ``False``."""
+
+    def internal_event(self, payload_type: int, message: Message) -> None:
+        """A session-level event the client itself acts on (account disconnects etc.)."""
+
+
+class Session:
+    """Client side of one connection.
+
+    :param owner: the client.
+    :param clock: the client's clock.
+    :param listeners: the client's listener table, shared (read here, written by the client).
+    :param internal: payload types forwarded to :meth:`SessionOwner.internal_event`.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        owner: SessionOwner,
+        clock: IReactorTime,
+        *,
+        listeners: Mapping[int, tuple[Listener, ...]],
+        internal: frozenset[int],
+        rate_limit: int,
+        historical_rate_limit: int,
+        rate_window: float,
+        heartbeat_interval: float,
+        dead_link_timeout: float,
+    ) -> None:
+        self._owner = owner
+        self._clock = clock
+        self._listeners = listeners
+        self._internal = internal
+        self._ordinary = RateLimiter(rate_limit, rate_window)
+        self._historical = RateLimiter(historical_rate_limit, rate_window)
+        self._ordinary_queue: deque[PendingRequest] = deque()
+        self._historical_queue: deque[PendingRequest] = deque()
+        self._heartbeat_interval = heartbeat_interval
+        self._dead_link_timeout = dead_link_timeout
+        self.written: dict[str, PendingRequest] = {}
+        self.protocol: OpenApiProtocol | None = None
+        self.connected = False
+        self.closed = False
+        self._pacer: IDelayedCall | None = None
+        self._heartbeat: IDelayedCall | None = None
+        self._watchdog: IDelayedCall | None = None
+
+    # MessageHandler
+
+    def connection_made(self, protocol: OpenApiProtocol) -> None:
+        self.protocol = protocol
+        self.connected = True
+        now = self._clock.seconds()
+        if self._heartbeat_interval > 0:
+            self._heartbeat = self._clock.callLater(self._heartbeat_interval, self._beat)
+        if self._dead_link_timeout > 0:
+            self._watchdog = self._clock.callLater(self._dead_link_timeout, self._check_link)
+        self._log.debug("connected at {now}", now=now)
+        self._owner.session_connected(self)
+
+    def envelope_received(self, protocol: OpenApiProtocol, envelope: Envelope) -> None:
+        # The hot path: keep it to dict lookups and calls.
+        payload_type, client_msg_id, message = envelope
+        if client_msg_id is not None:
+            pending = self.written.pop(client_msg_id, None)
+            if pending is not None:
+                self._settle(pending, payload_type, message)
+            else:
+                self._stray(client_msg_id, payload_type)
+        if isinstance(message, UnknownMessage):
+            return
+        if payload_type in self._internal:
+            self._owner.internal_event(payload_type, message)
+        listeners = self._listeners.get(payload_type)
+        if listeners:
+            for listener in listeners:
+                try:
+                    listener(message)
+                except Exception:
+                    self._log.failure(
+                        "listener {listener!r} raised on {name}",
+                        listener=listener,
+                        name=type(message).__name__,
+                    )
+
+    def decode_failed(self, protocol: OpenApiProtocol, error: MalformedMessage) -> None:
+        pending = self.written.pop(error.client_msg_id or "", None)
+        if pending is not None:
+            self._finish(pending, error)
+
+    def connection_lost(self, protocol: OpenApiProtocol, reason: Failure) -> None:
+        self.connected = False
+        self.closed = True
+        for timer in (self._pacer, self._heartbeat, self._watchdog):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._pacer = self._heartbeat = self._watchdog = None
+        written, self.written = self.written, {}
+        if written:
+            error = ConnectionLost(reason.getErrorMessage())
+            for pending in written.values():
+                self._finish(pending, error)
+        unsent = [*self._ordinary_queue, *self._historical_queue]
+        self._ordinary_queue.clear()
+        self._historical_queue.clear()
+        self._owner.session_lost(self, reason, unsent)
+
+    # Sending
+
+    def submit(self, pending: PendingRequest) -> None:
+        """Write ``pending`` now if its rate limit allows, else queue it for the next slot."""
+        if pending.historical:
+            limiter, queue = self._historical, self._historical_queue
+        else:
+            limiter, queue = self._ordinary, self._ordinary_queue
+        if not queue and limiter.try_acquire(self._clock.seconds()):
+            self._write(pending)
+            return
+        pending.state = State.QUEUED
+        queue.append(pending)
+        self._owner.start_send_timer(pending)
+        self._schedule()
+
+    def forget(self, pending: PendingRequest) -> None:
+        """Remove ``pending`` from this session (it was cancelled or timed out)."""
+        if pending.state is State.QUEUED:
+            queue = self._historical_queue if pending.historical else self._ordinary_queue
+            with suppress(ValueError):
+                queue.remove(pending)
+        elif pending.state is State.WRITTEN and pending.client_msg_id is not None:
+            self.written.pop(pending.client_msg_id, None)
+
+    def close(self, abort: bool = True) -> None:
+        """Close the connection (by default abruptly: no flush, no goodbye)."""
+        if self.protocol is not None and self.connected:
+            self.protocol.close(abort=abort)
+
+    def _write(self, pending: PendingRequest) -> None:
+        protocol = self.protocol
+        assert protocol is not None  # submit() is only called on connected sessions
+        client_msg_id = self._owner.next_client_msg_id()
+        pending.stop_timer()
+        pending.client_msg_id = client_msg_id
+        pending.state = State.WRITTEN
+        # Registered (and timed) before the write: a synchronous transport may answer at once.
+        self.written[client_msg_id] = pending
+        pending.timer = self._clock.callLater(pending.timeout, self._answer_timeout, pending)
+        try:
+            protocol.send_raw(pending.frame_body(client_msg_id))
+        except Exception as error:
+            self.written.pop(client_msg_id, None)
+            self._finish(pending, error)
+
+    def _schedule(self) -> None:
+        now = self._clock.seconds()
+        due: float | None = None
+        if self._ordinary_queue:
+            due = self._ordinary.next_free(now)
+        if self._historical_queue:
+            at = self._historical.next_free(now)
+            due = at if due is None else min(due, at)
+        pacer = self._pacer
+        if pacer is not None and pacer.active():
+            if due is not None and pacer.getTime() <= due:
+                return
+            pacer.cancel()
+        self._pacer = None if due is None else self._clock.callLater(due - now, self._drain)
+
+    def _drain(self) -> None:
+        self._pacer = None
+        now = self._clock.seconds()
+        for limiter, queue in (
+            (self._ordinary, self._ordinary_queue),
+            (self._historical, self._historical_queue),
+        ):
+            while queue and self.connected and limiter.try_acquire(now):
+                self._write(queue.popleft())
+        if self.connected:
+            self._schedule()
+
+    # Answers
+
+    def _settle(self, pending: PendingRequest, payload_type: int, message: object) -> None:
+        pending.stop_timer()
+        if not isinstance(message, Message):
+            error: Exception = ProtocolError(
+                f"unknown payload type {payload_type} in answer to {pending.name}"
+            )
+        else:
+            found = error_from_message(message)
+            if found is None and payload_type == pending.answer_type:
+                pending.state = State.DONE
+                pending.deferred.callback(message)
+                return
+            error = found or ProtocolError(
+                f"unexpected {type(message).__name__} in answer to {pending.name}"
+            )
+        if (
+            isinstance(error, RateLimited)
+            and not pending.trading
+            and self._owner.retry_rate_limited(pending, error)
+        ):
+            return
+        self._finish(pending, error)
+
+    def _finish(self, pending: PendingRequest, error: Exception) -> None:
+        pending.stop_timer()
+        if pending.state is State.DONE:
+            return
+        pending.state = State.DONE
+        pending.deferred.errback(failure_of(error))
+
+    def _answer_timeout(self, pending: PendingRequest) -> None:
+        pending.timer = None
+        if pending.client_msg_id is not None:
+            self.written.pop(pending.client_msg_id, None)
+        self._finish(pending, RequestTimeout(pending.name, pending.timeout, sent=True))
+
+    def _stray(self, client_msg_id: str, payload_type: int) -> None:
+        # Expected for the follow-up execution events of an order, or a late answer.
+        self._log.debug(
+            "no request waits for clientMsgId {client_msg_id} (payload type {payload_type})",
+            client_msg_id=client_msg_id,
+            payload_type=payload_type,
+        )
+
+    # Heartbeats and dead-link detection, both without per-message work
+
+    def _beat(self) -> None:
+        protocol = self.protocol
+        if protocol is None or not self.connected:
+            return
+        now = self._clock.seconds()
+        idle = now - protocol.last_sent
+        if idle >= self._heartbeat_interval:
+            protocol.send_raw(_HEARTBEAT)
+            idle = 0.0
+        self._heartbeat = self._clock.callLater(self._heartbeat_interval - idle, self._beat)
+
+    def _check_link(self) -> None:
+        protocol = self.protocol
+        if protocol is None or not self.connected:
+            return
+        silent = self._clock.seconds() - protocol.last_received
+        if silent >= self._dead_link_timeout:
+            self._watchdog = None
+            self._log.warn(
+                "nothing received for {silent:.1f} s: dropping the connection", silent=silent
+            )
+            protocol.close(abort=True)
+            return
+        self._watchdog = self._clock.callLater(self._dead_link_timeout - silent, self._check_link)
