@@ -11,18 +11,27 @@ connected to a ``StringTransport`` and a ``Clock``, and checks three things:
   independently in this file says which of those must happen for each stream.
 
 The budget per test is ``CTRADER_FUZZ_EXAMPLES`` (default 60 so ``make test`` stays quick);
-``make fuzz`` runs this file alone, e.g. ``CTRADER_FUZZ_EXAMPLES=5000 make fuzz``.
+``make fuzz`` runs this file alone, e.g. ``make fuzz CTRADER_FUZZ_EXAMPLES=5000``.  With atheris
+installed, ``CTRADER_FUZZ_ATHERIS_SECONDS=N`` adds an N-second coverage-guided libFuzzer run of
+the same framing checks.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import itertools
 import os
 import struct
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
@@ -211,7 +220,7 @@ def _levels(events: list[LogEvent], level: str) -> list[LogEvent]:
 # OpenApiProtocol (shared by client and server)
 
 
-def _check_framing(stream: bytes, chunks: list[bytes], max_length: int) -> None:
+def _check_framing(stream: bytes, chunks: list[bytes], max_length: int) -> Expected:
     tally = Tally()
     protocol = OpenApiProtocol(tally, Clock(), max_length=max_length)
     transport = StringTransport()
@@ -221,9 +230,6 @@ def _check_framing(stream: bytes, chunks: list[bytes], max_length: int) -> None:
         protocol.connectionLost(Failure(ConnectionError("end of stream")))
     expected = reference(stream, max_length)
     assert tally.outcomes == expected.outcomes
-    for kind, _ in expected.outcomes:
-        event(f"frame: {kind}")
-    event("closed: frame too large" if expected.too_large is not None else "kept open")
     warnings = _levels(events, "warn")
     assert len(warnings) == sum(1 for kind, _ in expected.outcomes if kind == "error")
     if expected.too_large is None:
@@ -239,19 +245,27 @@ def _check_framing(stream: bytes, chunks: list[bytes], max_length: int) -> None:
         assert isinstance(tally.lost[0].value, FrameTooLarge)
     assert not _levels(events, "critical")
     assert transport.value() == b""  # framing alone never writes
+    return expected
+
+
+def _label(expected: Expected) -> None:
+    """Hypothesis statistics: which outcomes the examples covered."""
+    for kind in sorted({kind for kind, _ in expected.outcomes}):
+        event(f"frame: {kind}")
+    event("closed: frame too large" if expected.too_large is not None else "kept open")
 
 
 @FUZZ
 @given(data=st.data(), max_length=st.sampled_from([16, 100, 1000, 65536]))
 def test_protocol_hostile_streams(data: st.DataObject, max_length: int) -> None:
     stream, chunks = data.draw(hostile_streams(max_length))
-    _check_framing(stream, chunks, max_length)
+    _label(_check_framing(stream, chunks, max_length))
 
 
 @FUZZ
 @given(stream=st.binary(max_size=600), cuts=st.lists(st.integers(0, 600), max_size=20))
 def test_protocol_random_bytes(stream: bytes, cuts: list[int]) -> None:
-    _check_framing(stream, _cut(stream, [c for c in cuts if c <= len(stream)]), 200)
+    _label(_check_framing(stream, _cut(stream, [c for c in cuts if c <= len(stream)]), 200))
 
 
 @FUZZ
@@ -274,3 +288,65 @@ def test_protocol_buffer_is_bounded_by_the_limit(length: int, limit: int, chunk:
         peak = feed(protocol, [stream[i : i + chunk] for i in range(0, len(stream), chunk)])
     assert peak <= limit + 4
     assert transport.disconnecting == (length > limit)
+
+
+# ---------------------------------------------------------------------------------------------
+# Optional coverage-guided run with atheris (``make fuzz`` with CTRADER_FUZZ_ATHERIS_SECONDS)
+
+ATHERIS_SECONDS = int(os.environ.get("CTRADER_FUZZ_ATHERIS_SECONDS", "0"))
+
+
+@pytest.mark.skipif(
+    ATHERIS_SECONDS <= 0 or importlib.util.find_spec("atheris") is None,
+    reason="set CTRADER_FUZZ_ATHERIS_SECONDS and install atheris for a coverage-guided run",
+)
+def test_atheris_framing() -> None:
+    """Run the same checks under libFuzzer for the given number of seconds."""
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "tests.test_fuzz", f"-max_total_time={ATHERIS_SECONDS}"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=ATHERIS_SECONDS + 120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def _atheris_one_input(data: bytes) -> None:
+    import atheris
+
+    provider = atheris.FuzzedDataProvider(data)
+    max_length = provider.ConsumeIntInRange(0, 4096)
+    cuts = [provider.ConsumeIntInRange(0, 2048) for _ in range(provider.ConsumeIntInRange(0, 8))]
+    stream = provider.ConsumeBytes(provider.remaining_bytes())
+    _check_framing(stream, _cut(stream, [c for c in cuts if c <= len(stream)]), max_length)
+
+
+def _atheris_main() -> None:  # pragma: no cover - run in a subprocess
+    import atheris
+
+    seeds = Path(tempfile.mkdtemp(prefix="ctrader-fuzz-"))
+    for i, frame in enumerate(_SEED_FRAMES):
+        (seeds / f"seed{i}").write_bytes(b"\x00\x00\x00\x10" + frame)
+    from ctrader_twisted import protocol
+    from ctrader_twisted.messages import _codec
+
+    for module in (protocol, _codec):
+        for value in vars(module).values():
+            for function in [value, *vars(value).values()] if isinstance(value, type) else [value]:
+                if inspect.isfunction(function) and function.__module__ == module.__name__:
+                    atheris.instrument_func(function)
+    atheris.Setup([*sys.argv, str(seeds)], _atheris_one_input)
+    atheris.Fuzz()
+
+
+_SEED_FRAMES = [
+    m.encode_frame(m.ProtoOAVersionRes(version="91"), "a"),
+    m.encode_frame(m.ProtoOASpotEvent(ctidTraderAccountId=7, symbolId=1, bid=110000)),
+    m.encode_frame(m.ProtoOAErrorRes(errorCode="CH_ACCESS_TOKEN_INVALID"), "b"),
+]
+
+if __name__ == "__main__":  # pragma: no cover
+    _atheris_main()
