@@ -1,0 +1,213 @@
+"""The deterministic price walk every sandbox price comes from.
+
+Prices are a pure function of ``(seed, symbol, time)``, so any past (or future) range can be
+generated on demand and always comes out the same:
+
+* the mid price at the start of each minute is a sum of value-noise layers (per minute, 10 min,
+  1 h, 8 h, 2 days, 2 weeks) around the symbol's centre price;
+* each minute's one-minute bar is closed-form: it opens at that minute's anchor, closes at the
+  next minute's anchor, and its high and low stretch past those by hashed excursions;
+* each minute holds one tick per ``tick_interval`` slot; the ticks are generated from a
+  per-minute seed so that they open, close and touch the high and low of the bar exactly.
+
+So trendbars, tick data and live spots always agree.  Prices are integers in 1/100000 of a
+price unit (the wire unit), rounded to the symbol's digits; they are bid prices, and the ask is
+the bid plus a per-minute spread.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from itertools import pairwise
+from typing import Final, NamedTuple
+
+from .catalogue import SymbolSpec, is_open
+
+__all__ = ["MinuteBar", "PriceWalk", "mix64"]
+
+_MASK: Final = (1 << 64) - 1
+#: (length in minutes, relative amplitude) of each noise layer, for volatility 1.
+_LAYERS: Final = (
+    (10, 0.00035),
+    (60, 0.0008),
+    (480, 0.002),
+    (2880, 0.005),
+    (20160, 0.012),
+)
+_JITTER: Final = 0.00012
+_EXCURSION: Final = 0.00015
+_CACHE_LIMIT: Final = 4096
+
+
+def mix64(a: int, b: int, c: int, d: int) -> int:
+    """Hash four integers to a well-mixed 64-bit integer (a splitmix64 finalizer)."""
+    x = (a * 0x9E3779B97F4A7C15 + b * 0xC2B2AE3D27D4EB4F + c * 0x165667B19E3779F9 + d) & _MASK
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9 & _MASK
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EB & _MASK
+    return x ^ (x >> 31)
+
+
+def _signed_unit(x: int) -> float:
+    """Map a 64-bit hash to [-1, 1)."""
+    return (x >> 11) / float(1 << 52) - 1.0
+
+
+class MinuteBar(NamedTuple):
+    """One minute of bid prices (1/100000 units) and its tick count."""
+
+    minute: int
+    open: int
+    high: int
+    low: int
+    close: int
+    volume: int
+
+
+class PriceWalk:
+    """Prices of every symbol for a seed.
+
+    :param seed: the walk's seed.
+    :param tick_ms: spacing of ticks within a minute, in milliseconds (1..60000).
+    :param always_open: ignore the symbols' trading hours.
+    """
+
+    def __init__(self, seed: int, tick_ms: int, *, always_open: bool = False) -> None:
+        self.seed = seed
+        self.tick_ms = max(1, min(60_000, tick_ms))
+        #: Ticks per minute.
+        self.slots = -(-60_000 // self.tick_ms)
+        self.always_open = always_open
+        self._noise: dict[tuple[int, int, int], float] = {}
+        self._ticks: dict[tuple[int, int], list[int]] = {}
+
+    # Time and schedule
+
+    def is_open(self, spec: SymbolSpec, minute: int) -> bool:
+        """Whether ``spec`` trades during ``minute`` (minutes since the epoch)."""
+        return self.always_open or is_open(spec, minute * 60)
+
+    def slot_time(self, minute: int, slot: int) -> int:
+        """Timestamp (ms) of tick ``slot`` of ``minute``."""
+        return minute * 60_000 + slot * self.tick_ms
+
+    def slot_of(self, ms: int) -> tuple[int, int]:
+        """The (minute, slot) of the tick in effect at ``ms``."""
+        minute, offset = divmod(ms, 60_000)
+        return minute, min(self.slots - 1, offset // self.tick_ms)
+
+    # Prices
+
+    def _layer(self, symbol_id: int, layer: int, index: int) -> float:
+        key = (symbol_id, layer, index)
+        value = self._noise.get(key)
+        if value is None:
+            if len(self._noise) > _CACHE_LIMIT * 8:
+                self._noise.clear()
+            value = _signed_unit(mix64(self.seed, symbol_id, layer, index))
+            self._noise[key] = value
+        return value
+
+    def anchor(self, spec: SymbolSpec, minute: int) -> int:
+        """Bid at the start of ``minute``, rounded to the symbol's point."""
+        return self.anchors(spec, minute, 1)[0]
+
+    def anchors(self, spec: SymbolSpec, first: int, count: int) -> list[int]:
+        """Bids at the start of ``count`` consecutive minutes from ``first``."""
+        seed, sid = self.seed, spec.symbol_id
+        end = first + count
+        rel = [_JITTER * _signed_unit(mix64(seed, sid, 0, m)) for m in range(first, end)]
+        for layer, (length, amplitude) in enumerate(_LAYERS, start=1):
+            minute = first
+            while minute < end:
+                index = minute // length
+                left = self._layer(sid, layer, index)
+                diff = self._layer(sid, layer, index + 1) - left
+                base = index * length
+                stop = min(end, base + length)
+                for m in range(minute, stop):
+                    frac = (m - base) / length
+                    rel[m - first] += amplitude * (left + diff * frac * frac * (3.0 - 2.0 * frac))
+                minute = stop
+        scale, vol, point = spec.price * 100_000 / spec.point, spec.volatility, spec.point
+        return [max(1, round(scale * math.exp(vol * r))) * point for r in rel]
+
+    def spread(self, spec: SymbolSpec, minute: int) -> int:
+        """Ask minus bid during ``minute``, in 1/100000 units."""
+        widen = mix64(self.seed, spec.symbol_id, 1000, minute) % 4
+        return (spec.spread + spec.spread * widen // 8) * spec.point
+
+    def minute_bar(self, spec: SymbolSpec, minute: int) -> MinuteBar:
+        """The complete one-minute bid bar of ``minute`` (whether or not the market is open)."""
+        return self.bar_between(
+            spec, minute, self.anchor(spec, minute), self.anchor(spec, minute + 1)
+        )
+
+    def bar_between(self, spec: SymbolSpec, minute: int, open_: int, close: int) -> MinuteBar:
+        """The bar of ``minute`` given its two anchors (for callers walking many minutes)."""
+        high, low = max(open_, close), min(open_, close)
+        if self.slots >= 4:
+            x = mix64(self.seed, spec.symbol_id, 2000, minute)
+            reach = spec.price * 100_000 * _EXCURSION * spec.volatility
+            point = spec.point
+            high += int(reach * ((x & 0xFFFF) / 65536.0) ** 2 / point) * point
+            low -= int(reach * (((x >> 16) & 0xFFFF) / 65536.0) ** 2 / point) * point
+            low = max(point, low)
+        return MinuteBar(minute, open_, high, low, close, self.slots)
+
+    def minute_ticks(self, spec: SymbolSpec, minute: int) -> list[int]:
+        """The bid of every tick slot of ``minute``; cached for recent minutes."""
+        key = (spec.symbol_id, minute)
+        ticks = self._ticks.get(key)
+        if ticks is None:
+            if len(self._ticks) > 64:
+                self._ticks.clear()
+            ticks = self._make_ticks(spec, self.minute_bar(spec, minute))
+            self._ticks[key] = ticks
+        return ticks
+
+    def _make_ticks(self, spec: SymbolSpec, bar: MinuteBar) -> list[int]:
+        n = self.slots
+        rng = random.Random(mix64(self.seed, spec.symbol_id, 3000, bar.minute))
+        keys = {0: bar.open, n - 1: bar.close}
+        if n >= 4:
+            high_at, low_at = rng.sample(range(1, n - 1), 2)
+            keys[high_at] = bar.high
+            keys[low_at] = bar.low
+        points = sorted(keys.items())
+        point = spec.point
+        noise = (bar.high - bar.low) / 4.0
+        ticks = [0] * n
+        for (i0, p0), (i1, p1) in pairwise(points):
+            ticks[i0] = p0
+            span = i1 - i0
+            for i in range(i0 + 1, i1):
+                guess = p0 + (p1 - p0) * (i - i0) / span + noise * (rng.random() - 0.5)
+                price = round(guess / point) * point
+                ticks[i] = min(bar.high, max(bar.low, price))
+        ticks[n - 1] = bar.close
+        return ticks
+
+    def partial_bar(self, spec: SymbolSpec, minute: int, upto_slot: int) -> MinuteBar:
+        """The bar of ``minute`` made of its ticks up to and including ``upto_slot``."""
+        if upto_slot >= self.slots - 1:
+            return self.minute_bar(spec, minute)
+        ticks = self.minute_ticks(spec, minute)[: upto_slot + 1]
+        return MinuteBar(minute, ticks[0], max(ticks), min(ticks), ticks[-1], len(ticks))
+
+    def last_open_minute(self, spec: SymbolSpec, minute: int, limit: int = 20_160) -> int:
+        """The latest minute at or before ``minute`` when ``spec`` traded (``minute`` itself
+        if nothing is found within ``limit`` minutes)."""
+        for back in range(limit):
+            if self.is_open(spec, minute - back):
+                return minute - back
+        return minute
+
+    def quote_at(self, spec: SymbolSpec, ms: int) -> tuple[int, int]:
+        """(bid, ask) in effect at ``ms``; the last traded prices while the market is closed."""
+        minute, slot = self.slot_of(ms)
+        if not self.is_open(spec, minute):
+            minute = self.last_open_minute(spec, minute)
+            slot = self.slots - 1
+        bid = self.minute_ticks(spec, minute)[slot]
+        return bid, bid + self.spread(spec, minute)

@@ -1,0 +1,237 @@
+"""The sandbox server: :class:`SandboxFactory` (no sockets needed) and :func:`start_sandbox`
+(TLS on a loopback port)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Final
+
+from google.protobuf.message import Message
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IReactorSSL,
+    IReactorTCP,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import ServerFactory
+from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
+from twisted.logger import Logger
+
+from .. import messages as m
+from ..protocol import OpenApiProtocol
+from . import auth, history, live, orders, queries, reference, trading
+from .accounts import Broker
+from .certs import ensure_certificates
+from .config import SandboxConfig, default_state_dir
+from .live import MarketFeed
+from .market import PriceWalk
+from .session import Handler, SandboxProtocol, Session
+
+__all__ = ["RunningSandbox", "SandboxFactory", "SandboxStats", "start_sandbox"]
+
+
+def _handler_table() -> Mapping[int, Handler]:
+    table: dict[int, Handler] = {}
+    for module in (auth, reference, live, history, orders, queries):
+        for cls, handler in module.HANDLERS.items():
+            table[m.payload_type_of(cls)] = handler
+    return MappingProxyType(table)
+
+
+_HANDLERS: Final = _handler_table()
+
+
+@dataclass(slots=True)
+class SandboxStats:
+    """Counters of a running sandbox (read them in tests and benchmarks).
+
+    :ivar requests_by_payload_type: every inbound non-heartbeat frame, by payload type.
+    """
+
+    connections_total: int = 0
+    connections_open: int = 0
+    frames_received: int = 0
+    frames_sent: int = 0
+    spot_events_sent: int = 0
+    executions_sent: int = 0
+    rate_limited: int = 0
+    requests_by_payload_type: dict[int, int] = field(default_factory=dict)
+    errors_by_code: dict[str, int] = field(default_factory=dict)
+
+
+class SandboxFactory(ServerFactory):
+    """Builds one :class:`~ctrader_twisted.protocol.OpenApiProtocol` + :class:`Session` per
+    connection; holds the state all connections share (accounts, tokens, market feed).
+
+    Wire it to any transport: a listening port, ``twisted.test.iosim``, or a
+    ``StringTransport``.
+
+    :param config: the sandbox's behaviour.
+    :param clock: drives every timer (heartbeats, idle checks, ticks, faults) and the time of
+        the price walk (``clock.seconds()`` is taken as Unix time).
+    """
+
+    _log = Logger()
+
+    def __init__(self, config: SandboxConfig, clock: IReactorTime) -> None:
+        self.config = config
+        self.clock = clock
+        self.stats = SandboxStats()
+        #: Live sessions, oldest first.
+        self.sessions: list[Session] = []
+        self.walk = PriceWalk(config.seed, config.tick_ms, always_open=config.always_open)
+        self.tokens = auth.TokenStore(config)
+        self.broker = Broker(self.walk, self.now_ms)
+        self.feed = MarketFeed(self)
+        self.engine = trading.OrderEngine(self)
+
+    def __repr__(self) -> str:
+        return f"<SandboxFactory seed={self.config.seed} sessions={len(self.sessions)}>"
+
+    def now_ms(self) -> int:
+        """The sandbox's current time in Unix milliseconds."""
+        return int(self.clock.seconds() * 1000)
+
+    def buildProtocol(self, addr: IAddress | None) -> OpenApiProtocol:
+        session = Session(self, dict(_HANDLERS))
+        protocol = SandboxProtocol(session, self.clock, max_length=self.config.max_frame)
+        protocol.factory = self
+        return protocol
+
+    # Session bookkeeping
+
+    def session_opened(self, session: Session) -> None:
+        self.sessions.append(session)
+        self.stats.connections_total += 1
+        self.stats.connections_open += 1
+        self.feed.start()
+
+    def session_closed(self, session: Session) -> None:
+        if session in self.sessions:
+            self.sessions.remove(session)
+            self.stats.connections_open -= 1
+        self.feed.remove(session)
+        if not self.sessions:
+            self.feed.stop()
+
+    def end_account_session(self, session: Session, account_id: int) -> None:
+        """Forget ``account_id`` on ``session`` (logout or invalidated token)."""
+        session.accounts.pop(account_id, None)
+        self.feed.remove(session, account_id)
+
+    def invalidate_token(self, access_token: str, reason: str) -> None:
+        """End every account session authorized with ``access_token`` and tell its client."""
+        for session in list(self.sessions):
+            ids = [a for a, token in session.accounts.items() if token == access_token]
+            for account_id in ids:
+                self.end_account_session(session, account_id)
+            if ids:
+                event = m.ProtoOAAccountsTokenInvalidatedEvent(
+                    ctidTraderAccountIds=ids, reason=reason
+                )
+                session.reply(event, None)
+
+    def to_account(
+        self, account_id: int, message: Message, origin: Session | None, cmid: str | None
+    ) -> None:
+        """Send ``message`` to every session where ``account_id`` is authorized; ``origin``
+        (the requester) gets it with ``cmid``, as an answer."""
+        for session in self.sessions:
+            if account_id not in session.accounts:
+                continue
+            if session is origin:
+                session.reply(message, cmid)
+            else:
+                session.push(message)
+
+    # Faults
+
+    def drop_all(self) -> None:
+        """Abort every open connection at once."""
+        for session in list(self.sessions):
+            session.drop()
+
+    def stall_all(self) -> None:
+        """Stall every open connection: no more reads or writes, and no FIN."""
+        for session in list(self.sessions):
+            session.stall()
+
+
+@dataclass
+class RunningSandbox:
+    """A sandbox listening with TLS on a loopback port.
+
+    :ivar host: the name its certificate is valid for (``"localhost"``).
+    :ivar ca_file: PEM file of the CA that signed the server certificate.
+    """
+
+    host: str
+    port: int
+    ca_file: Path
+    factory: SandboxFactory
+    listening: IListeningPort
+    interface: str = "127.0.0.1"
+
+    def endpoint(self, reactor: IReactorTCP) -> IStreamClientEndpoint:
+        """A client endpoint to this sandbox that verifies its certificate and host name."""
+        trust = Certificate.loadPEM(self.ca_file.read_bytes())
+        tcp = TCP4ClientEndpoint(reactor, self.interface, self.port)
+        return wrapClientTLS(optionsForClientTLS(self.host, trustRoot=trust), tcp)
+
+    def stop(self) -> Deferred[None]:
+        """Stop listening and abort every connection.
+
+        :returns: a Deferred that fires with ``None`` once the port is closed.
+        """
+        self.factory.drop_all()
+        self.factory.feed.stop()
+        result = self.listening.stopListening()
+        if isinstance(result, Deferred):
+            return result.addCallback(lambda _: None)
+        return Deferred.fromCoroutine(_done())
+
+
+async def _done() -> None:
+    return None
+
+
+def start_sandbox(
+    reactor: IReactorSSL,
+    config: SandboxConfig | None = None,
+    *,
+    port: int = 0,
+    interface: str = "127.0.0.1",
+    state_dir: Path | str | None = None,
+) -> Deferred[RunningSandbox]:
+    """Serve a sandbox with TLS on ``interface:port`` (port 0 picks a free port).
+
+    The CA and server certificate are generated into ``state_dir`` (default:
+    :func:`~ctrader_twisted.sandbox.config.default_state_dir`) on first use.
+
+    :param reactor: an SSL-capable reactor that is also the sandbox's clock.
+    :returns: a Deferred that fires with a :class:`RunningSandbox` once listening, or fails
+        with :class:`twisted.internet.error.CannotListenError` if the port is taken.
+    """
+    config = config or SandboxConfig()
+    directory = Path(state_dir) if state_dir is not None else default_state_dir()
+    certs = ensure_certificates(directory)
+    pem = certs.server_file.read_text()
+    server_cert = PrivateCertificate.loadPEM(pem)  # type: ignore[no-untyped-call]
+    factory = SandboxFactory(config, reactor)  # type: ignore[arg-type]
+    endpoint = SSL4ServerEndpoint(  # type: ignore[no-untyped-call]
+        reactor, port, server_cert.options(), interface=interface
+    )
+
+    def listening(lp: IListeningPort) -> RunningSandbox:
+        bound = lp.getHost().port  # type: ignore[attr-defined]
+        return RunningSandbox("localhost", bound, certs.ca_file, factory, lp, interface)
+
+    listened: Deferred[IListeningPort] = endpoint.listen(factory)  # type: ignore[no-untyped-call]
+    return listened.addCallback(listening)
