@@ -21,7 +21,12 @@ from google.protobuf.message import Message
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
@@ -77,6 +82,9 @@ class ServerConnection:
         self.protocol: OpenApiProtocol | None = None
         self.received: list[m.Envelope] = []
         self.open = False
+        #: While true the server sends nothing of its own accord (no heartbeats).
+        self.silent = False
+        self._beat: IDelayedCall | None = None
 
     # MessageHandler
 
@@ -84,6 +92,17 @@ class ServerConnection:
         self.protocol = protocol
         self.open = True
         self.server.connections.append(self)
+        self._schedule_beat()
+
+    def _schedule_beat(self) -> None:
+        interval = self.server.heartbeat_interval
+        if interval > 0:
+            self._beat = self.server.clock.callLater(interval, self._heartbeat)
+
+    def _heartbeat(self) -> None:
+        if self.open and not self.silent:
+            self.send(m.ProtoHeartbeatEvent())
+        self._schedule_beat()
 
     def envelope_received(self, protocol: OpenApiProtocol, envelope: m.Envelope) -> None:
         self.received.append(envelope)
@@ -96,6 +115,9 @@ class ServerConnection:
 
     def connection_lost(self, protocol: OpenApiProtocol, reason: Failure) -> None:
         self.open = False
+        if self._beat is not None and self._beat.active():
+            self._beat.cancel()
+        self._beat = None
 
     # Helpers for behaviours
 
@@ -119,12 +141,14 @@ class ScriptedServer:
     """A minimal Open API server whose answer to any payload type can be replaced.
 
     :ivar behaviours: payload type -> behaviour; types not listed get :meth:`answer`.
+    :ivar heartbeat_interval: seconds between the server's heartbeats (0: none).
     :ivar connections: every connection ever made, in order.
     :ivar received: every envelope received, on any connection, in order.
     """
 
     clock: Clock
     behaviours: dict[int, Behaviour] = field(default_factory=dict)
+    heartbeat_interval: float = 1.0
     connections: list[ServerConnection] = field(default_factory=list)
     received: list[m.Envelope] = field(default_factory=list)
     undecodable: int = 0
