@@ -1,0 +1,155 @@
+"""Client hot-path measurements: spot events per second and request round trips.
+
+Run: ``.venv/bin/python -m bench.client_hot_path [--events 300000] [--round-trips 2000]``
+
+1. *ceiling*: a bare loop that only parses the same pre-encoded frames (``decode_envelope``).
+2. *client*: the same frames, in 64 KiB chunks, through ``OpenApiProtocol.dataReceived`` and the
+   client's dispatch to one ``on(ProtoOASpotEvent)`` listener (framing + parse + dispatch).
+3. *round trip*: sequential ``ProtoOAVersionReq`` requests to a local fake server over loopback
+   TLS (trustme certificates), reporting p50/p90/p99, with client-side pacing off (at the
+   default 50/s, sequential requests beyond 50 per second would wait for the window).
+
+All on one core; numbers vary with the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import struct
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from ctrader_twisted import Client, tls_endpoint
+from ctrader_twisted import messages as m
+
+CHUNK = 64 * 1024
+
+
+def spot_frames(count: int) -> tuple[list[bytes], bytes]:
+    """Realistic spot events (both sides, timestamp), as bodies and as one framed stream."""
+    bodies = [
+        m.encode_message(
+            m.ProtoOASpotEvent(
+                ctidTraderAccountId=5000001,
+                symbolId=1 + i % 12,
+                bid=108_000 + i % 500,
+                ask=108_020 + i % 500,
+                timestamp=1_700_000_000_000 + i,
+            )
+        )
+        for i in range(min(count, 10_000))
+    ]
+    frames = [struct.pack("!I", len(b)) + b for b in bodies]
+    repeated = (frames * (count // len(frames) + 1))[:count]
+    return bodies, b"".join(repeated)
+
+
+def ceiling(bodies: list[bytes], count: int) -> float:
+    decode = m.decode_envelope
+    n = len(bodies)
+    start = time.perf_counter()
+    for i in range(count):
+        decode(bodies[i % n])
+    return count / (time.perf_counter() - start)
+
+
+def through_client(stream: bytes, count: int) -> float:
+    clock = Clock()
+    client = Client(_NoEndpoint(), client_id="bench", client_secret="bench", reactor=clock)  # noqa: S106
+    received = [0]
+
+    def on_spot(event: m.ProtoOASpotEvent) -> None:
+        received[0] += 1
+
+    client.on(m.ProtoOASpotEvent, on_spot)
+    protocol = client._build_protocol()
+    protocol.makeConnection(StringTransport())
+    chunks = [stream[i : i + CHUNK] for i in range(0, len(stream), CHUNK)]
+    data_received = protocol.dataReceived
+    start = time.perf_counter()
+    for chunk in chunks:
+        data_received(chunk)
+    elapsed = time.perf_counter() - start
+    if received[0] != count:
+        raise RuntimeError(f"delivered {received[0]} of {count}")
+    return count / elapsed
+
+
+class _NoEndpoint:
+    def connect(self, factory: object) -> Any:
+        raise RuntimeError("not used")
+
+
+def round_trips(count: int) -> list[float]:
+    import trustme
+    from twisted.internet import reactor, ssl
+    from twisted.internet.defer import ensureDeferred
+
+    from tests.fakeserver import CLIENT_ID, CLIENT_SECRET, FakeServer
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    server = FakeServer(reactor)
+    options = ssl.PrivateCertificate.loadPEM(cert.private_key_and_cert_chain_pem.bytes()).options()
+    port = reactor.listenSSL(0, server.factory(), options, interface="127.0.0.1")
+    with tempfile.TemporaryDirectory() as tmp:
+        ca_file = Path(tmp) / "ca.pem"
+        ca_file.write_bytes(ca.cert_pem.bytes())
+        endpoint = tls_endpoint(reactor, "localhost", port.getHost().port, ca_file=ca_file)
+    # rate_limit=0: measure the round trip itself, not the 50/s pacing the real server needs.
+    client = Client(
+        endpoint,
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        reactor=reactor,
+        rate_limit=0,
+    )
+    samples: list[float] = []
+
+    async def run() -> None:
+        client.startService()
+        await client.when_ready()
+        for _ in range(200):  # warm-up
+            await client.request(m.ProtoOAVersionReq())
+        for _ in range(count):
+            start = time.perf_counter()
+            await client.request(m.ProtoOAVersionReq())
+            samples.append(time.perf_counter() - start)
+        await client.stopService()
+        await port.stopListening()
+
+    done = ensureDeferred(run())
+    done.addErrback(lambda failure: print(failure.getTraceback()))
+    done.addBoth(lambda _: reactor.stop())
+    reactor.run()
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--round-trips", type=int, default=2_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    bodies, stream = spot_frames(args.events)
+    bare = max(ceiling(bodies, args.events) for _ in range(args.repeat))
+    full = max(through_client(stream, args.events) for _ in range(args.repeat))
+    print(f"bare parse ceiling : {bare:12,.0f} events/s")
+    print(f"client on() path   : {full:12,.0f} events/s  ({full / bare:.0%} of the ceiling)")
+    if args.round_trips:
+        samples = sorted(round_trips(args.round_trips))
+        q = statistics.quantiles(samples, n=100)
+        print(
+            f"TLS round trip     : p50 {q[49] * 1e3:.3f} ms  p90 {q[89] * 1e3:.3f} ms  "
+            f"p99 {q[98] * 1e3:.3f} ms  ({len(samples)} sequential requests)"
+        )
+
+
+if __name__ == "__main__":
+    main()
