@@ -19,6 +19,7 @@ from ._models_units import (
     TradeSide,
     datetime_from_ms,
     money_from_int,
+    plain,
     price_from_float,
     volume_to_units,
 )
@@ -117,7 +118,7 @@ def account_details_from_proto(trader: m.ProtoOATrader) -> AccountDetails:
         balance=money_from_int(trader.balance, digits),
         money_digits=digits,
         deposit_asset_id=int(trader.depositAssetId),
-        leverage=None if leverage is None else Decimal(leverage).scaleb(-2).normalize(),
+        leverage=None if leverage is None else plain(Decimal(leverage).scaleb(-2)),
         trader_login=_optional(trader, "traderLogin"),
         broker=trader.brokerName,
     )

@@ -36,6 +36,7 @@ __all__ = [
     "money_from_int",
     "money_to_int",
     "ms_from_datetime",
+    "plain",
     "price_from_float",
     "price_from_int",
     "price_to_int",
@@ -223,6 +224,14 @@ def _exact_int(value: Decimal, what: str) -> int:
     return int(value)
 
 
+def plain(value: Decimal) -> Decimal:
+    """``value`` without trailing fractional zeros and never in exponent form
+    (``Decimal("2.50")`` -> ``2.5``, ``Decimal("1E+1")`` -> ``10``)."""
+    if value == value.to_integral_value():
+        return value.quantize(Decimal(1))
+    return value.normalize()
+
+
 def volume_to_units(volume: int) -> Decimal:
     """Units of a wire volume (``1000`` -> ``Decimal("10.00")`` units)."""
     return Decimal(int(volume)).scaleb(-2)
@@ -244,7 +253,7 @@ def volume_to_lots(volume: int, lot_size: int) -> Decimal:
     """
     if lot_size <= 0:
         raise ValueError(f"lot size must be positive, not {lot_size}")
-    return (Decimal(int(volume)) / Decimal(int(lot_size))).normalize()
+    return plain(Decimal(int(volume)) / Decimal(int(lot_size)))
 
 
 def lots_to_volume(lots: PriceLike, lot_size: int) -> int:

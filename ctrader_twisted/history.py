@@ -78,7 +78,7 @@ class HistoryProgress:
     """How far a download has got.
 
     :ivar fraction: share of the time range covered, from 0.0 to 1.0.
-    :ivar items: bars or ticks received so far (the boundary items fetched twice count twice).
+    :ivar items: bars or ticks received so far.
     :ivar requests: requests sent so far.
     """
 
@@ -138,6 +138,8 @@ class _Pager(Generic[_T]):
             while to >= low:
                 raw, more = await self._page(low, to)
                 fresh = _drop_held(raw, to, held)
+                self._received += len(fresh)
+                self._report(self._window_lo + (self._window_hi - to))
                 if fresh:
                     self._empty_streak = 0
                     pages.append(fresh)
@@ -163,10 +165,7 @@ class _Pager(Generic[_T]):
     async def _page(self, low: int, to: int) -> tuple[list[_T], bool]:
         self._requests += 1
         items, more = await self._fetch(low, to)
-        inside = [i for i in items if low <= i.timestamp_ms <= to]
-        self._received += len(inside)
-        self._report(self._window_lo + (self._window_hi - to))
-        return inside, more
+        return [i for i in items if low <= i.timestamp_ms <= to], more
 
     def _no_progress(self) -> None:
         self._empty_streak += 1

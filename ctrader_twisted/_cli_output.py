@@ -1,0 +1,141 @@
+"""Output of the ``ctrader-twisted`` command: Rich tables for people, JSON lines for scripts.
+
+In JSON mode every result is one JSON object per line on stdout (decimals as strings, times in
+ISO 8601), and notes and progress go to stderr so stdout stays machine-readable.  Errors are
+always one line on stderr.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+__all__ = ["Column", "Output", "json_value"]
+
+#: A row of output: column key -> value.
+Row = Mapping[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One output column: the JSON key, the table header, and right alignment for numbers."""
+
+    key: str
+    header: str
+    numeric: bool = False
+
+
+def json_value(value: object) -> object:
+    """Turn a model value into something ``json.dumps`` writes exactly."""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, enum.Enum):
+        return value.name
+    return value
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    return str(value)
+
+
+class Output:
+    """Where the command writes.
+
+    :param json_mode: write JSON lines instead of tables.
+    :param stdout: results.
+    :param stderr: errors, and in JSON mode notes and progress.
+    """
+
+    def __init__(self, *, json_mode: bool, stdout: TextIO, stderr: TextIO) -> None:
+        self.json_mode = json_mode
+        self._stdout = stdout
+        self._stderr = stderr
+        wide = None if stdout.isatty() else 160
+        self._console = Console(file=stdout, highlight=False, width=wide, soft_wrap=False)
+        self._err_console = Console(file=stderr, highlight=False)
+
+    def emit(self, data: Row) -> None:
+        """Write one JSON object line (JSON mode only; ignored otherwise)."""
+        if self.json_mode:
+            record = {key: json_value(value) for key, value in data.items()}
+            self._stdout.write(json.dumps(record, separators=(",", ":")) + "\n")
+            self._stdout.flush()
+
+    def line(self, text: str, data: Row) -> None:
+        """Write ``text`` for people, or ``data`` as a JSON line."""
+        if self.json_mode:
+            self.emit(data)
+        else:
+            self._console.print(text, markup=False)
+
+    def table(
+        self, title: str, columns: Sequence[Column], rows: Sequence[Row], *, kind: str = ""
+    ) -> None:
+        """Write rows as a table, or one JSON object per row (with ``"type": kind`` if given)."""
+        if self.json_mode:
+            for row in rows:
+                self.emit({"type": kind, **row} if kind else row)
+            return
+        table = Table(title=title, title_justify="left")
+        for column in columns:
+            table.add_column(column.header, justify="right" if column.numeric else "left")
+        for row in rows:
+            table.add_row(*(_text(row.get(column.key)) for column in columns))
+        self._console.print(table)
+
+    def note(self, text: str) -> None:
+        """Write an informational line (stdout for people, stderr in JSON mode)."""
+        console = self._err_console if self.json_mode else self._console
+        console.print(text, markup=False)
+
+    def heading(self, text: str) -> None:
+        """Write a section heading (people only)."""
+        if not self.json_mode:
+            self._console.rule(text, style="cyan")
+
+    def error(self, text: str) -> None:
+        """Write a one-line error to stderr."""
+        self._stderr.write(f"error: {text}\n")
+        self._stderr.flush()
+
+    @contextmanager
+    def progress(self, description: str) -> Iterator[Callable[[float, int], None]]:
+        """A progress bar on stderr; yields ``update(fraction, items)``."""
+        bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[items]} items"),
+            TimeElapsedColumn(),
+            console=self._err_console,
+            transient=False,
+        )
+        task = bar.add_task(description, total=1000, items=0)
+
+        def update(fraction: float, items: int) -> None:
+            bar.update(task, completed=int(fraction * 1000), items=items)
+
+        with bar:
+            yield update

@@ -1,0 +1,145 @@
+"""Connecting the ``ctrader-twisted`` command: a started client, the account, the catalogue.
+
+:func:`connect` starts a :class:`~ctrader_twisted.client.Client` and waits until it is ready,
+but, unlike a long-running service, gives up after a few failed attempts so that a command
+fails fast with exit code 4 when the server is unreachable or its certificate is not trusted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from twisted.internet.defer import Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from . import messages as m
+from ._cli_config import Settings
+from ._cli_errors import CliError, ExitCode
+from ._cli_output import Output
+from ._cli_reactor import CliReactor
+from ._failure import failure_of
+from ._models_symbols import SymbolCatalog
+from .client import Client
+from .tls import tls_endpoint
+
+__all__ = ["CONNECT_ATTEMPTS", "Context", "connect"]
+
+#: Failed connection attempts after which a command gives up.
+CONNECT_ATTEMPTS = 3
+
+
+@implementer(IStreamClientEndpoint)
+class _RecordingEndpoint:
+    """Wrap an endpoint to remember why the last connection attempt failed."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        self._endpoint = endpoint
+        self.last_error: str = ""
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        attempt = self._endpoint.connect(protocolFactory)
+        attempt.addErrback(self._record)
+        return attempt
+
+    def _record(self, failure: Failure) -> Failure:
+        self.last_error = " ".join(str(failure.value).split()) or type(failure.value).__name__
+        return failure
+
+
+@dataclass
+class Context:
+    """What a command works with."""
+
+    reactor: CliReactor
+    client: Client
+    settings: Settings
+    out: Output
+    timeout: float
+    catalog: SymbolCatalog = field(init=False)
+    _account: int | None = None
+
+    def __post_init__(self) -> None:
+        self.catalog = SymbolCatalog(self.client, timeout=self.timeout)
+
+    async def account(self) -> int:
+        """The account to act for, authorized: ``--account`` or else the token's first."""
+        if self._account is not None:
+            return self._account
+        self.settings.require_access_token()
+        account = self.settings.account_id
+        if account is None:
+            accounts = await self.list_accounts()
+            if not accounts:
+                raise CliError("the access token grants no trading account", ExitCode.NOT_FOUND)
+            account = int(accounts[0].ctidTraderAccountId)
+        await self.client.authorize_account(account, self.settings.access_token)
+        self._account = account
+        return account
+
+    async def list_accounts(self) -> list[m.ProtoOACtidTraderAccount]:
+        """The accounts the access token grants."""
+        self.settings.require_access_token()
+        request = m.ProtoOAGetAccountListByAccessTokenReq(accessToken=self.settings.access_token)
+        response = await self.client.request(request, timeout=self.timeout)
+        return list(response.ctidTraderAccount)
+
+
+def _where(settings: Settings) -> str:
+    return f"{settings.host}:{settings.port}"
+
+
+async def connect(
+    reactor: CliReactor, settings: Settings, *, timeout: float, connect_timeout: float
+) -> Client:
+    """Start a client for ``settings`` and wait until it is ready.
+
+    :raises CliError: exit 4 when no session could be established (after
+        :data:`CONNECT_ATTEMPTS` failed attempts or ``connect_timeout`` seconds), exit 3 for
+        missing credentials; ``ApplicationAuthError`` when the server refuses them.
+    """
+    settings.require_app_credentials()
+    if settings.ca_file is not None and not settings.ca_file.exists():
+        hint = " (is the sandbox running? start it with 'ctrader-twisted sandbox')"
+        extra = hint if settings.env == "sandbox" else ""
+        raise CliError(f"CA file {settings.ca_file} does not exist{extra}", ExitCode.CONNECTION)
+    endpoint = _RecordingEndpoint(
+        tls_endpoint(reactor, settings.host, settings.port, ca_file=settings.ca_file)
+    )
+    ready: Deferred[None] = Deferred()
+
+    def give_up(attempt: int) -> float:
+        if attempt >= CONNECT_ATTEMPTS and not ready.called:
+            reason = endpoint.last_error or "no session could be established (TLS or protocol)"
+            message = f"cannot connect to {_where(settings)}: {reason}"
+            ready.errback(failure_of(CliError(message, ExitCode.CONNECTION)))
+        return min(0.25 * 2.0**attempt, 2.0)
+
+    client = Client(
+        endpoint,
+        client_id=settings.client_id,
+        client_secret=settings.client_secret,
+        reactor=reactor,
+        request_timeout=timeout,
+        retry_policy=give_up,
+    )
+    client.startService()
+    client.when_ready().addBoth(_settle, ready)
+    ready.addTimeout(connect_timeout, reactor)
+    try:
+        await ready
+    except DeferredTimeout:
+        await client.stopService()
+        message = f"cannot connect to {_where(settings)} within {connect_timeout:g} s"
+        raise CliError(message, ExitCode.CONNECTION) from None
+    except BaseException:
+        await client.stopService()
+        raise
+    return client
+
+
+def _settle(result: Failure | None, ready: Deferred[None]) -> None:
+    if not ready.called:
+        ready.callback(None) if not isinstance(result, Failure) else ready.errback(result)
