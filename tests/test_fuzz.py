@@ -34,12 +34,16 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
-from zope.interface import provider
+from zope.interface import implementer, provider
 
+from ctrader_twisted import Client
 from ctrader_twisted import messages as m
 from ctrader_twisted.errors import FrameTooLarge, MalformedMessage
 from ctrader_twisted.protocol import OpenApiProtocol
@@ -350,3 +354,172 @@ _SEED_FRAMES = [
 
 if __name__ == "__main__":  # pragma: no cover
     _atheris_main()
+
+
+# ---------------------------------------------------------------------------------------------
+# The client's protocol: a ready client fed hostile streams by its server
+
+
+@implementer(IStreamClientEndpoint)
+class _TransportEndpoint:
+    """Connects the client to a ``StringTransport`` at once."""
+
+    def __init__(self) -> None:
+        self.protocols: list[OpenApiProtocol] = []
+        self.proxies: list[IProtocol] = []
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        proxy = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5035))
+        assert proxy is not None
+        proxy.makeConnection(StringTransport())
+        protocol = getattr(proxy, "_protocol", proxy)  # ClientService wraps the protocol
+        assert isinstance(protocol, OpenApiProtocol)
+        self.protocols.append(protocol)
+        self.proxies.append(proxy)
+        return succeed(proxy)
+
+
+def _ready_client(clock: Clock) -> tuple[Client, OpenApiProtocol, IProtocol]:
+    endpoint = _TransportEndpoint()
+    client = Client(endpoint, client_id="fuzz", client_secret="fuzz-secret", reactor=clock)
+    client.startService()
+    protocol = endpoint.protocols[0]
+    transport = protocol.transport
+    assert isinstance(transport, StringTransport)
+    sent = transport.value()
+    auth = m.decode_envelope(sent[4:])
+    assert isinstance(auth.message, m.ProtoOAApplicationAuthReq)
+    transport.clear()
+    protocol.dataReceived(m.encode_frame(m.ProtoOAApplicationAuthRes(), auth.client_msg_id))
+    assert client.is_ready
+    return client, protocol, endpoint.proxies[0]
+
+
+@FUZZ
+@given(data=st.data())
+def test_client_protocol_hostile_streams(data: st.DataObject) -> None:
+    """The client stays up through anything but broken framing, and never raises."""
+    clock = Clock()
+    client, protocol, proxy = _ready_client(clock)
+    limit = protocol.MAX_LENGTH
+    stream, chunks = data.draw(hostile_streams(limit))
+    with captured_log() as events:
+        feed(protocol, chunks)
+        stopped = client.stopService()
+        clock.advance(1)
+    expected = reference(stream, limit)
+    _label(expected)
+    transport = protocol.transport
+    assert isinstance(transport, StringTransport)
+    broken = expected.too_large is not None
+    assert protocol.broken == broken
+    assert not _levels(events, "critical"), [formatEvent(e) for e in _levels(events, "critical")]
+    if not broken:  # only stopService may have closed it
+        assert transport.disconnecting
+    proxy.connectionLost(Failure(ConnectionError("closed")))
+    clock.advance(1)
+    assert stopped.called
+    assert clock.getDelayedCalls() == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The sandbox's server protocol: authorised hostile clients sending arbitrary requests
+
+_REQUEST_CLASSES = sorted(
+    {*m.RESPONSE_TYPES, *m.TRADING_REQUESTS} - {m.ProtoOAApplicationAuthReq},
+    key=lambda cls: cls.__name__,
+)
+
+
+@st.composite
+def _request_frame(draw: st.DrawFn, index: int) -> bytes:
+    cls = draw(st.sampled_from(_REQUEST_CLASSES))
+    message = draw(messages(cls))
+    fields = cls.DESCRIPTOR.fields_by_name
+    if "ctidTraderAccountId" in fields and draw(st.integers(0, 3)):
+        message.ctidTraderAccountId = draw(st.sampled_from([5000001, 5000002, 5000003]))
+    if "symbolId" in fields and not fields["symbolId"].is_repeated and draw(st.booleans()):
+        message.symbolId = draw(st.integers(1, 20))
+    body = m.ProtoMessage(
+        payloadType=m.payload_type_of(cls),
+        payload=message.SerializePartialToString(),
+        clientMsgId=f"f{index}",
+    )
+    return _frame(body.SerializeToString())
+
+
+def _sandbox_login() -> bytes:
+    from ctrader_twisted.sandbox import (
+        DEFAULT_ACCESS_TOKEN,
+        DEFAULT_CLIENT_ID,
+        DEFAULT_CLIENT_SECRET,
+    )
+
+    return m.encode_frame(
+        m.ProtoOAApplicationAuthReq(clientId=DEFAULT_CLIENT_ID, clientSecret=DEFAULT_CLIENT_SECRET),
+        "login-app",
+    ) + m.encode_frame(
+        m.ProtoOAAccountAuthReq(ctidTraderAccountId=5000001, accessToken=DEFAULT_ACCESS_TOKEN),
+        "login-account",
+    )
+
+
+def _frames_of(data: bytes) -> list[m.Envelope]:
+    """Split what the server wrote; every frame must be well-formed and decodable."""
+    envelopes, offset = [], 0
+    while offset < len(data):
+        (length,) = _PREFIX.unpack_from(data, offset)
+        envelopes.append(m.decode_envelope(data[offset + 4 : offset + 4 + length]))
+        offset += 4 + length
+    assert offset == len(data)
+    return envelopes
+
+
+@FUZZ
+@given(data=st.data(), login=st.booleans(), garbage=st.booleans())
+def test_sandbox_protocol_hostile_requests(data: st.DataObject, login: bool, garbage: bool) -> None:
+    """Any request with any field values: the sandbox answers every one (or closes for
+    undecodable/oversize input with an error first), never crashes, writes only valid frames."""
+    from ctrader_twisted.sandbox import SandboxConfig, SandboxFactory
+
+    clock = Clock()
+    clock.advance(1_700_000_000)
+    config = SandboxConfig(max_frame=4096, always_open=True)
+    factory = SandboxFactory(config, clock)
+    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    count = data.draw(st.integers(0, 12))
+    frames = [data.draw(_request_frame(i)) for i in range(count)]
+    tail = data.draw(_pieces(config.max_frame)) if garbage else b""
+    stream = (_sandbox_login() if login else b"") + b"".join(frames) + tail
+    chunks = _cut(stream, data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+    with captured_log() as events:
+        feed(protocol, chunks)
+        clock.advance(0.5)
+        answers = _frames_of(transport.value())
+        protocol.connectionLost(Failure(ConnectionError("end")))
+        clock.advance(60)
+    crashes = _levels(events, "critical") + [e for e in events if "log_failure" in e]
+    assert not crashes, [formatEvent(e) for e in crashes]
+    expected = reference(stream, config.max_frame)
+    answered = {a.client_msg_id for a in answers}
+    first_error = next(
+        (i for i, (kind, _) in enumerate(expected.outcomes) if kind == "error"), None
+    )
+    decoded = expected.outcomes if first_error is None else expected.outcomes[:first_error]
+    for _, envelope in decoded:
+        assert isinstance(envelope, m.Envelope)
+        if envelope.payload_type != 51:
+            assert envelope.client_msg_id in answered, (envelope, answers)
+    codes = [getattr(a.message, "errorCode", None) for a in answers]
+    for name in sorted({type(a.message).__name__ for a in answers} | {str(c) for c in codes if c}):
+        event(f"answer: {name}")
+    if first_error is not None:
+        assert "INVALID_REQUEST" in codes
+        assert transport.disconnecting
+    elif expected.too_large is not None:
+        assert "FRAME_TOO_LONG" in codes
+        assert transport.disconnecting
+    assert factory.sessions == []
+    assert clock.getDelayedCalls() == []
