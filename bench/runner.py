@@ -63,7 +63,7 @@ class Sizes:
         # they compare; the event totals are reported next to the memory figures.
         return {
             **common,
-            "rtt_count": max(3, self.rtt_count // 100),
+            "rtt_count": max(3, self.rtt_count // 30),
             "events_warmup": max(1, self.events_warmup // 10),
             "events_runs": max(1, self.events_runs - 1),
             "events_count": max(1, self.events_count // 10),
@@ -75,8 +75,8 @@ def sizes_for(quick: bool, tiny: bool = False) -> Sizes:
     if tiny:
         return Sizes(20, 200, 1, 500, 1, 0.5, 2.0, 2_000, burst_ordinary=10, burst_historical=2)
     if quick:
-        return Sizes(500, 20_000, 2, 50_000, 2, 3.0, 8.0, 50_000)
-    return Sizes(1_000, 100_000, 3, 300_000, 5, 5.0, 15.0, 200_000)
+        return Sizes(150, 20_000, 2, 50_000, 2, 3.0, 8.0, 50_000)
+    return Sizes(300, 100_000, 3, 300_000, 5, 5.0, 15.0, 200_000)
 
 
 class _Server:
