@@ -66,6 +66,8 @@ def _place(session: Session, req: m.ProtoOANewOrderReq, cmid: str | None) -> Non
         raise TradeError("TRADING_BAD_PRICES", "A STOP order needs a positive stopPrice")
     if req.relativeStopLoss < 0 or req.relativeTakeProfit < 0:
         raise TradeError("TRADING_BAD_STOPS", "Relative stop loss and take profit must be positive")
+    if market:
+        engine.check_margin(account, spec, req.volume)
     order = _order_from(engine, account, req)
     account.orders[order.order_id] = order
     engine.execution(account, _X.ORDER_ACCEPTED, session, cmid, order=order)

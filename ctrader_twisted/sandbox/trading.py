@@ -146,18 +146,13 @@ class OrderEngine:
         if order.closing:
             self._fill_closing(account, order, price, origin, cmid)
             return
-        margin = self.broker.margin(account, spec, order.volume)
-        free = self.broker.equity(account) - self.broker.used_margin(account)
-        if margin > free:
+        try:
+            margin = self.check_margin(account, spec, order.volume)
+        except TradeError:
             account.orders.pop(order.order_id, None)
             order.status, order.updated = _S.ORDER_STATUS_REJECTED, now
             account.order_history.append(order)
-            raise TradeError(
-                "NOT_ENOUGH_MONEY",
-                f"Not enough money: margin {_money(margin)} "
-                f"is more than free margin {_money(free)}",
-                order_id=order.order_id,
-            )
+            raise
         position = Position(
             self.broker.new_id(),
             account.account_id,
@@ -181,6 +176,18 @@ class OrderEngine:
         )
         self._margin_changed(account, position)
         self.refresh_watch(spec.symbol_id)
+
+    def check_margin(self, account: Account, spec: SymbolSpec, volume: int) -> int:
+        """The margin ``volume`` of ``spec`` needs.
+
+        :raises TradeError: ``NOT_ENOUGH_MONEY`` if the free margin is smaller.
+        """
+        margin = self.broker.margin(account, spec, volume)
+        free = self.broker.equity(account) - self.broker.used_margin(account)
+        if margin > free:
+            text = f"Not enough money: margin {_money(margin)} is more than free {_money(free)}"
+            raise TradeError("NOT_ENOUGH_MONEY", text)
+        return margin
 
     def _protect(self, spec: SymbolSpec, order: Order, position: Position) -> None:
         sign = 1 if order.side == _BUY else -1
