@@ -110,11 +110,15 @@ async def connect(
     )
     ready: Deferred[None] = Deferred()
 
-    def give_up(attempt: int) -> float:
-        if attempt >= CONNECT_ATTEMPTS and not ready.called:
+    def fail() -> None:
+        if not ready.called:
             reason = endpoint.last_error or "no session could be established (TLS or protocol)"
             message = f"cannot connect to {_where(settings)}: {reason}"
             ready.errback(failure_of(CliError(message, ExitCode.CONNECTION)))
+
+    def give_up(attempt: int) -> float:
+        if attempt >= CONNECT_ATTEMPTS:
+            reactor.callLater(0, fail)  # not from inside the ClientService's state machine
         return min(0.25 * 2.0**attempt, 2.0)
 
     client = Client(
