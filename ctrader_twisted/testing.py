@@ -122,6 +122,7 @@ class MemorySandbox:
             for pump in list(self.endpoint.pumps):
                 moved = bool(pump.flush()) or moved  # type: ignore[no-untyped-call]
             if not moved:
+                self.endpoint.pumps = [p for p in self.endpoint.pumps if not _closed(p)]
                 return
         raise AssertionError("connections did not become quiet")
 
@@ -161,6 +162,10 @@ class MemorySandbox:
         """Drop every connection (the sandbox's fault) and let the clients notice."""
         self.factory.drop_all()
         self.flush()
+
+
+def _closed(pump: iosim.IOPump) -> bool:
+    return bool(pump.clientIO.disconnected and pump.serverIO.disconnected)
 
 
 def tls_client(running: RunningSandbox, reactor: IReactorTCP, **options: float) -> Client:
