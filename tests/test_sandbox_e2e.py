@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import itertools
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from google.protobuf.message import Message
@@ -81,6 +83,13 @@ class MemoryClientTests(SynchronousTestCase):
         sandbox.result(client.stopService())
 
 
+def _state_dir(case: TestCase) -> str:
+    """A temporary folder for generated certificates, removed after the test."""
+    path = tempfile.mkdtemp(prefix="ctrader-sandbox-test-")
+    case.addCleanup(shutil.rmtree, path, True)
+    return path
+
+
 async def _first(deferred: Deferred[Message], seconds: float) -> Message:
     deferred.addTimeout(seconds, reactor)  # type: ignore[arg-type]
     return await deferred
@@ -98,7 +107,7 @@ class TLSClientTests(TestCase):
             self.running = running
             self.addCleanup(running.stop)
 
-        return start_sandbox(reactor, config, state_dir=self.mktemp()).addCallback(started)  # type: ignore[arg-type]
+        return start_sandbox(reactor, config, state_dir=_state_dir(self)).addCallback(started)  # type: ignore[arg-type]
 
     def test_client_end_to_end(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._client_end_to_end())
@@ -191,7 +200,7 @@ class StandardClientTests(TestCase):
             self.running = running
             self.addCleanup(running.stop)
 
-        return start_sandbox(reactor, config, state_dir=self.mktemp()).addCallback(started)  # type: ignore[arg-type]
+        return start_sandbox(reactor, config, state_dir=_state_dir(self)).addCallback(started)  # type: ignore[arg-type]
 
     def test_standard_client(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._standard_client())
@@ -301,7 +310,7 @@ class PluginTests(TestCase):
 
     async def _service_starts(self) -> None:
         options = Options()
-        options.parseOptions(["--port", "0", "--state-dir", self.mktemp(), "--seed", "4"])
+        options.parseOptions(["--port", "0", "--state-dir", _state_dir(self), "--seed", "4"])
         out = io.StringIO()
         service = SandboxService(options, reactor, out)  # type: ignore[arg-type]
         service.startService()
