@@ -29,7 +29,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.logger import LogEvent, formatEvent, globalLogBeginner, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump
 from zope.interface import implementer
@@ -42,6 +42,7 @@ __all__ = [
     "Behaviour",
     "Link",
     "LogCapture",
+    "forget_buffered_log",
     "MemoryNetwork",
     "ScriptedServer",
     "ServerConnection",
@@ -263,7 +264,10 @@ class MemoryNetwork:
     """A client endpoint whose connections reach ``server_factory`` through memory.
 
     :ivar refusing: while true, connection attempts fail with ``ConnectionRefusedError``.
-    :ivar links: every link made, in order.
+    :ivar links: the links not yet closed (closed ones are let go, so leak checks can count
+        the objects a client keeps alive).
+    :ivar connections: how many links were ever made.
+    :ivar attempts: how many connection attempts were made, refused ones included.
     """
 
     def __init__(self, server_factory: IProtocolFactory, clock: Clock) -> None:
@@ -271,6 +275,7 @@ class MemoryNetwork:
         self.clock = clock
         self.refusing = False
         self.links: list[Link] = []
+        self.connections = 0
         self.attempts = 0
 
     def connect(self, protocol_factory: IProtocolFactory) -> Deferred[IProtocol]:
@@ -283,6 +288,7 @@ class MemoryNetwork:
         if client is None or server is None:
             return fail(ConnectionRefusedError("no protocol"))
         self.links.append(Link(client, server, self.clock))
+        self.connections += 1
         return succeed(client)
 
     @property
@@ -297,6 +303,7 @@ class MemoryNetwork:
                 if not link.closed:
                     moved = link.pump() or moved
             if not moved:
+                self.links = [link for link in self.links if not link.closed]
                 return
         raise AssertionError(f"traffic did not settle within {rounds} rounds")
 
@@ -340,6 +347,15 @@ class MemoryNetwork:
 # Log capture
 
 
+_OBJECT_KEYS = frozenset({"log_source", "log_logger", "log_legacy"})
+
+
+def forget_buffered_log() -> None:
+    """Empty Twisted's start-up log buffer (it keeps the last 65536 events, with their
+    sources, until logging begins, which never happens under pytest)."""
+    globalLogBeginner._initialBuffer._buffer.clear()  # type: ignore[attr-defined]
+
+
 class LogCapture:
     """Every event published on the global log between :meth:`start` and :meth:`stop`.
 
@@ -358,7 +374,9 @@ class LogCapture:
         globalLogPublisher.removeObserver(self._observe)
 
     def _observe(self, event: LogEvent) -> None:
-        self.events.append(event)
+        # Keep a copy without the emitting objects, so captured logs do not keep
+        # connections alive and leak checks stay meaningful.
+        self.events.append({k: v for k, v in event.items() if k not in _OBJECT_KEYS})
 
     def at(self, *levels: str) -> list[LogEvent]:
         """Events logged at any of ``levels`` ("debug", "info", "warn", "error", "critical")."""

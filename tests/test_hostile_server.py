@@ -96,7 +96,7 @@ class HostileServerTestCase(SynchronousTestCase):
     def assertRecovered(self, links: int) -> None:
         """The client reconnected (a new link) and is ready; a request works again."""
         self.network.run_until(lambda: self.client.is_ready, limit=10)
-        self.assertEqual(len(self.network.links), links)
+        self.assertEqual(self.network.connections, links)
         self.assertEqual(self.client.reconnect_count, links - 1)
         self.server.behaviours.clear()
         answer = self.successResultOf(self.request(m.ProtoOAVersionReq()))
@@ -116,7 +116,7 @@ class FramingIntactTests(HostileServerTestCase):
         self.assertIn("could not decode", self.logged("warn"))
         self.network.run(10.5)  # the answer never comes: the request times out, no hang
         self.assertIsInstance(self.failureResultOf(d).value, RequestTimeout)
-        self.assertEqual(len(self.network.links), 1)
+        self.assertEqual(self.network.connections, 1)
         self.assertRecovered(links=1)
 
     def test_undecodable_payload_with_client_msg_id_fails_that_request(self) -> None:
