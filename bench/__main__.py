@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from bench import _env
-from bench.ceiling import measure_ceiling
 from bench.report import Environment, cpu_model, write_chart, write_markdown
 from bench.runner import ROOT, Sizes, run_driver, sizes_for
 from bench.summary import summarize
@@ -66,19 +65,17 @@ def _credentials() -> dict[str, Any]:
 
 def _run_all(
     sizes: Sizes, runs: int, official: Path | None
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[float]]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     credentials = _credentials()
     ours: list[dict[str, Any]] = []
     theirs: list[dict[str, Any]] = []
-    ceiling: list[float] = []
     for index in range(runs):
         print(f"bench: run {index + 1} of {runs}", file=sys.stderr)
-        ceiling.append(float(measure_ceiling(sizes.ceiling_count)["rate"]))  # type: ignore[arg-type]
         ours.append(run_driver("ours", sys.executable, sizes.for_client("ours"), credentials))
         if official is not None:
             settings = sizes.for_client("official")
             theirs.append(run_driver("official", official, settings, credentials))
-    return ours, theirs, ceiling
+    return ours, theirs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -89,8 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     official = None if args.skip_official else _env.ensure_official_venv()
     if not args.no_chart:
         _env.ensure_matplotlib()
-    ours, theirs, ceiling = _run_all(sizes, runs, official)
-    summary = summarize(ours, theirs, ceiling)
+    ours, theirs = _run_all(sizes, runs, official)
+    summary = summarize(ours, theirs)
     args.out.mkdir(parents=True, exist_ok=True)
     chart = None
     if not args.no_chart:
@@ -107,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     write_markdown(args.out / "benchmarks.md", summary, env, chart)
     if args.json is not None:
-        args.json.write_text(json.dumps({"ours": ours, "official": theirs, "ceiling": ceiling}))
+        args.json.write_text(json.dumps({"ours": ours, "official": theirs}))
     for name, measured, met in summary.targets:
         print(f"{'ok ' if met else 'n/a' if met is None else 'MISS'} {name}: {measured}")
     print(f"bench: wrote {args.out / 'benchmarks.md'}", file=sys.stderr)

@@ -125,8 +125,13 @@ async def measure_events(
     control: Any,
     install: Callable[[Callable[[Any], None] | None], None],
     config: dict[str, Any],
+    ceiling: Callable[[int], dict[str, object]] | None = None,
 ) -> dict[str, object]:
     """The events and memory figures: a warm-up burst, then several timed bursts.
+
+    When ``ceiling`` is given, the bare parse loop runs in this process right before each timed
+    burst, so each rate has a ceiling measured under the same conditions (shared machines are
+    noisy; a ratio of two figures taken minutes apart would not mean much).
 
     :param reactor: for timeouts.
     :param control: a connected :class:`bench._control.ControlClient`.
@@ -144,7 +149,10 @@ async def measure_events(
         await done.addTimeout(timeout, reactor)
     after_warmup = memory_kib()
     rates = []
+    ceilings: list[float] = []
     for _ in range(config["events_runs"]):
+        if ceiling is not None:
+            ceilings.append(float(ceiling(config["ceiling_count"])["rate"]))  # type: ignore[arg-type]
         count = config["events_count"]
         done = counter.reset(count)
         await control.command("burst", count=count)
@@ -155,6 +163,7 @@ async def measure_events(
     end = memory_kib()
     return {
         "rates": rates,
+        "ceilings": ceilings,
         "memory": {
             "events_total": warm + config["events_runs"] * config["events_count"],
             "rss_after_warmup_kib": after_warmup["rss"],

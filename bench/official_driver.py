@@ -261,12 +261,13 @@ async def main(reactor: Any, config: Config) -> None:
     progress("official: round trips")
     result["rtt"] = await measure_rtt(session, config["rtt_count"])
     progress("official: events")
-    result["events"] = await measure_events(session.reactor, control, session.set_spot, config)
+    result["events"] = await measure_events(
+        session.reactor, control, session.set_spot, config, measure_ceiling
+    )
     progress("official: restore")
     result["restore"] = await measure_restore(session, control, config)
     progress("official: burst")
     result["burst"] = await measure_burst(session, config)
-    result["ceiling"] = measure_ceiling(config["ceiling_count"])
     emit_result(result)
     control.close()
     session.client.stopService()

@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 
 from bench._common import emit_result, measure_events, now, percentile, progress
 from bench._control import ControlClient, connect_control
+from bench.ceiling import measure_ceiling
 from ctrader_twisted import Client, tls_endpoint
 from ctrader_twisted import messages as m
 from ctrader_twisted.errors import OpenApiError, RequestTimeout
@@ -190,7 +191,7 @@ async def main(reactor: Any, config: Config) -> None:
 
     remove_listener = [lambda: None]
     progress("ours: events")
-    result["events"] = await measure_events(reactor, control, install, config)
+    result["events"] = await measure_events(reactor, control, install, config, measure_ceiling)
     progress("ours: restore")
     result["restore"] = await measure_restore(reactor, client, control, config)
     progress("ours: burst")

@@ -50,6 +50,7 @@ class Sizes:
             "burst_budget": self.burst_budget,
             "ceiling_count": self.ceiling_count,
         }
+        official_ceiling = max(1_000, self.ceiling_count // 10)
         if client == "ours":
             return {
                 **common,
@@ -67,6 +68,7 @@ class Sizes:
             "events_warmup": max(1, self.events_warmup // 10),
             "events_runs": max(1, self.events_runs - 1),
             "events_count": max(1, self.events_count // 10),
+            "ceiling_count": official_ceiling,
         }
 
 
@@ -75,8 +77,8 @@ def sizes_for(quick: bool, tiny: bool = False) -> Sizes:
     if tiny:
         return Sizes(20, 200, 1, 500, 1, 0.5, 2.0, 2_000, burst_ordinary=10, burst_historical=2)
     if quick:
-        return Sizes(150, 20_000, 2, 50_000, 2, 3.0, 8.0, 50_000)
-    return Sizes(300, 100_000, 3, 300_000, 5, 5.0, 15.0, 200_000)
+        return Sizes(150, 20_000, 2, 50_000, 2, 3.0, 8.0, 30_000)
+    return Sizes(300, 100_000, 3, 300_000, 5, 5.0, 15.0, 100_000)
 
 
 class _Server:
