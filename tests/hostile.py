@@ -44,6 +44,7 @@ __all__ = [
     "LogCapture",
     "forget_buffered_log",
     "MemoryNetwork",
+    "Peer",
     "ScriptedServer",
     "ServerConnection",
     "leaks",
@@ -401,3 +402,60 @@ def leaks(texts: Iterable[str], secrets: Iterable[str]) -> list[tuple[str, str]]
     """Every (secret, text) pair where ``secret`` occurs in ``text``."""
     wanted = [s for s in secrets if s]
     return [(s, t) for t in texts for s in wanted if s in t]
+
+
+# ---------------------------------------------------------------------------------------------
+# A raw peer: any bytes, any message, answers collected by clientMsgId
+
+
+class Peer:
+    """A bare Open API connection (MessageHandler) for hostile clients.
+
+    :ivar received: every envelope received, in order.
+    :ivar closed: fires with ``None`` when the connection ends; :attr:`reason` says why.
+    """
+
+    def __init__(self) -> None:
+        self.protocol: OpenApiProtocol | None = None
+        self.received: list[m.Envelope] = []
+        self.closed: Deferred[None] = Deferred()
+        self.reason: Failure | None = None
+        self.is_closed = False
+        self._waiting: dict[str, Deferred[m.Envelope]] = {}
+
+    def connection_made(self, protocol: OpenApiProtocol) -> None:
+        self.protocol = protocol
+
+    def envelope_received(self, protocol: OpenApiProtocol, envelope: m.Envelope) -> None:
+        self.received.append(envelope)
+        waiter = self._waiting.pop(envelope.client_msg_id or "", None)
+        if waiter is not None:
+            waiter.callback(envelope)
+
+    def decode_failed(self, protocol: OpenApiProtocol, error: MalformedMessage) -> None:
+        self.received.append(m.Envelope(-1, error.client_msg_id, m.UnknownMessage(-1, b"")))
+
+    def connection_lost(self, protocol: OpenApiProtocol, reason: Failure) -> None:
+        self.is_closed = True
+        self.reason = reason
+        for waiter in self._waiting.values():
+            waiter.errback(reason)
+        self._waiting.clear()
+        self.closed.callback(None)
+
+    def ask(self, message: Message, client_msg_id: str) -> Deferred[m.Envelope]:
+        """Send ``message`` and get the first envelope carrying ``client_msg_id`` back."""
+        waiter: Deferred[m.Envelope] = Deferred()
+        self._waiting[client_msg_id] = waiter
+        assert self.protocol is not None
+        self.protocol.send(message, client_msg_id)
+        return waiter
+
+    def write(self, data: bytes) -> None:
+        assert self.protocol is not None
+        assert self.protocol.transport is not None
+        self.protocol.transport.write(data)
+
+    def close(self) -> None:
+        if self.protocol is not None and not self.is_closed:
+            self.protocol.close(abort=True)
