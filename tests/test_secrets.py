@@ -12,15 +12,27 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from ctrader_twisted import Client
+from ctrader_twisted.errors import (
+    AccountAuthError,
+    ApplicationAuthError,
+    ConnectionLost,
+    OpenApiError,
+    RequestTimeout,
+)
 from ctrader_twisted.oauth import OAuthClient
+from ctrader_twisted.sandbox import SandboxConfig
+from ctrader_twisted.testing import MemorySandbox
 from ctrader_twisted.tokens import Token, TokenFileError, TokenStore
 from tests.hostile import LogCapture, leaks
 
@@ -185,3 +197,91 @@ class OAuthSecretsTests(SecretsTestCase):
         url = self.oauth.authorization_url("state-123")
         self.assertNotIn(CLIENT_SECRET, url)
         self.assertIn(CLIENT_ID, url)
+
+
+class ClientSecretsTests(SecretsTestCase):
+    """Client scenarios against the sandbox: success, refusals, token refresh, timeouts,
+    disconnects.  Nothing the client logs, shows or raises contains a secret."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        config = SandboxConfig(
+            client_secret=CLIENT_SECRET, access_token=ACCESS, refresh_token=REFRESH
+        )
+        self.sandbox = MemorySandbox(config)
+        self.extra: list[str] = []
+
+    def _check_log(self) -> None:
+        self.log.__exit__()
+        found = leaks(self.log.texts(), [*SECRETS, *self.extra])
+        self.assertEqual(found, [], "a secret appeared in the log")
+
+    def _client(self, secret: str = CLIENT_SECRET, **options: float) -> Client:
+        client = Client(
+            self.sandbox.endpoint,
+            client_id=self.sandbox.config.client_id,
+            client_secret=secret,
+            reactor=self.sandbox.clock,
+            reconnect_jitter=0.0,
+            **options,  # type: ignore[arg-type]
+        )
+        self.addCleanup(self._stop, client)
+        return client
+
+    def _stop(self, client: Client) -> None:
+        d = client.stopService()
+        self.sandbox.advance(1)
+        self.assertTrue(d.called)
+
+    def _failure(self, d: Deferred[Any]) -> Failure:
+        failures: list[Failure] = []
+        d.addErrback(failures.append)
+        self.sandbox.advance(15)
+        self.assertEqual(len(failures), 1)
+        return failures[0]
+
+    def test_happy_path_refresh_and_account_events(self) -> None:
+        client = self._client()
+        client.startService()
+        self.sandbox.result(client.when_ready())
+        self.sandbox.result(client.authorize_account(5000001, ACCESS))
+        self.sandbox.result(client.subscribe_spots(5000001, [1, 2]))
+        self.sandbox.advance(3)
+        res = self.sandbox.result(client.refresh_token(REFRESH))
+        self.extra += [res.accessToken, res.refreshToken]
+        self.assertNotIn(res.accessToken, (ACCESS, ""))
+        self.sandbox.drop_all()
+        self.sandbox.result(client.when_ready())
+        self.assertClean(client)
+        self.assertEqual(client.authorized_accounts, frozenset({5000001}))
+
+    def test_wrong_secret_wrong_token_and_reused_refresh_token(self) -> None:
+        bad = self._client(secret=CLIENT_SECRET[::-1])
+        self.extra.append(CLIENT_SECRET[::-1])
+        bad.startService()
+        refused = self._failure(bad.when_ready())
+        self.assertIsInstance(refused.value, ApplicationAuthError)
+        self.assertClean(refused, bad)
+        client = self._client()
+        client.startService()
+        self.sandbox.result(client.when_ready())
+        self.extra.append(ACCESS[::-1])
+        wrong_token = self._failure(client.authorize_account(5000001, ACCESS[::-1]))
+        self.assertIsInstance(wrong_token.value, AccountAuthError)
+        self.sandbox.result(client.refresh_token(REFRESH))
+        reused = self._failure(client.refresh_token(REFRESH))  # refresh tokens are single-use
+        self.assertIsInstance(reused.value, OpenApiError)
+        self.assertClean(wrong_token, reused)
+
+    def test_timeouts_and_disconnects_name_no_secret(self) -> None:
+        client = self._client(request_timeout=1.0)
+        client.startService()
+        self.sandbox.result(client.when_ready())
+        self.sandbox.factory.stall_all()
+        timed_out = self._failure(client.authorize_account(5000002, ACCESS))
+        self.assertIsInstance(timed_out.value, RequestTimeout)
+        waiting = client.refresh_token(REFRESH)
+        self.sandbox.factory.drop_all()
+        lost = self._failure(waiting)
+        self.assertIsInstance(lost.value, ConnectionLost)
+        self.assertClean(timed_out, lost, client)

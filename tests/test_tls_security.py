@@ -200,3 +200,40 @@ async def _turns(count: int) -> None:
         waiter: Deferred[None] = Deferred()
         reactor.callLater(0.01, waiter.callback, None)  # type: ignore[attr-defined]
         await waiter
+
+
+class ClientOverTLSTests(TestCase):
+    """The real client against an impostor: it keeps refusing, and the secret never leaves."""
+
+    timeout = 20
+
+    async def test_client_never_sends_its_secret_to_an_impostor(self) -> None:
+        from ctrader_twisted import Client
+        from tests.hostile import LogCapture, leaks
+
+        trusted, impostor = trustme.CA(), trustme.CA()
+        ca_file = Path(self.mktemp())
+        ca_file.write_bytes(trusted.cert_pem.bytes())
+        received: list[bytes] = []
+        factory = Factory.forProtocol(lambda: Recorder(received))
+        context = _options(impostor.issue_cert("localhost"))
+        endpoint = SSL4ServerEndpoint(reactor, 0, context, interface="127.0.0.1")  # type: ignore[arg-type]
+        port = await endpoint.listen(factory)
+        self.addCleanup(port.stopListening)
+        client = Client(
+            tls_endpoint(reactor, "localhost", port.getHost().port, ca_file=ca_file),  # type: ignore[arg-type, attr-defined]
+            client_id="impostor-test",
+            client_secret=SECRET,
+            reactor=reactor,  # type: ignore[arg-type]
+            reconnect_initial_delay=0.1,
+            reconnect_max_delay=0.2,
+        )
+        with LogCapture() as log:
+            client.startService()
+            await _turns(60)  # several attempts
+            self.assertFalse(client.is_ready)
+            await client.stopService()
+        self.assertEqual(b"".join(received), b"")
+        text = "\n".join(log.formatted()).lower()
+        self.assertIn("certificate verify failed", text)
+        self.assertEqual(leaks(log.texts(), [SECRET]), [])
