@@ -323,3 +323,59 @@ class FaultSoakTests(SynchronousTestCase):
                 self.assertEqual(soak.orders_seen[order_id], 0, order_id)
             else:
                 self.assertIn(outcome, {"ConnectionLost", "RequestTimeout"})
+
+
+class RateLimitTests(SynchronousTestCase):
+    """A server that refuses for the rate limit: ordinary requests are sent again after
+    ``retryAfter`` and succeed; trading requests fail with ``RateLimited`` and are never sent
+    again (the server counts each exactly once)."""
+
+    def test_refused_for_rate_limit(self) -> None:
+        from ctrader_twisted.errors import RateLimited
+        from ctrader_twisted.testing import MemorySandbox
+
+        sandbox = MemorySandbox(
+            SandboxConfig(rate_limit=5, rate_limit_mode="blocked", always_open=True)
+        )
+        client = sandbox.client(rate_limit=50, rate_limit_retries=3)
+        client.startService()
+        sandbox.result(client.when_ready())
+        sandbox.result(client.authorize_account(ACCOUNT, DEFAULT_ACCESS_TOKEN))
+        sandbox.advance(2)
+        results: dict[str, list[object]] = {"version": [], "order": []}
+
+        def issue(kind: str, message: Any) -> None:
+            d = client.request(message)
+            d.addBoth(results[kind].append)
+
+        for _ in range(3):
+            issue("version", m.ProtoOAVersionReq())
+        for i in range(5):
+            issue(
+                "order",
+                m.ProtoOANewOrderReq(
+                    ctidTraderAccountId=ACCOUNT,
+                    symbolId=1,
+                    orderType=m.ProtoOAOrderType.MARKET,
+                    tradeSide=m.ProtoOATradeSide.BUY,
+                    volume=100_000,
+                    clientOrderId=f"rl-{i}",
+                ),
+            )
+        for _ in range(9):
+            issue("version", m.ProtoOAVersionReq())
+        sandbox.advance(10)
+        self.assertEqual(len(results["version"]), 12)
+        self.assertTrue(all(isinstance(r, m.ProtoOAVersionRes) for r in results["version"]))
+        refused = [r for r in results["order"] if isinstance(r, Failure)]
+        self.assertEqual(len(results["order"]), 5)
+        self.assertGreater(len(refused), 0)
+        for failure in refused:
+            self.assertIsInstance(failure.value, RateLimited)
+        self.assertEqual(sandbox.factory.stats.requests_by_payload_type[NEW_ORDER], 5)
+        self.assertGreater(sandbox.factory.stats.rate_limited, 9)
+        d = client.stopService()
+        sandbox.advance(1)
+        self.assertTrue(d.called)
+        sandbox.factory.feed.stop()
+        self.assertEqual(sandbox.clock.getDelayedCalls(), [])

@@ -102,6 +102,11 @@ class HostileServerTestCase(SynchronousTestCase):
         answer = self.successResultOf(self.request(m.ProtoOAVersionReq()))
         self.assertEqual(answer.version, "91")
 
+    def settle(self, d: Deferred[Any]) -> Any:
+        """Deliver traffic until ``d`` fires; return its result."""
+        self.network.run_until(lambda: d.called, limit=5)
+        return self.successResultOf(d)
+
     def logged(self, *levels: str) -> str:
         return "\n".join(self.log.formatted(*levels))
 
@@ -279,3 +284,45 @@ class FramingBrokenTests(HostileServerTestCase):
         self.network.run_until(lambda: d.called, limit=5)
         self.assertEqual(self.successResultOf(d).version, "91")
         self.assertRecovered(links=2)
+
+
+class RestoreTests(HostileServerTestCase):
+    def test_restore_order_and_no_replayed_order(self) -> None:
+        """After a drop: app auth, then accounts, then subscriptions, then the requests that
+        waited; an order that was on the wire when the link died is failed, never resent."""
+        self.start()
+        for account in (11, 12):
+            self.settle(self.client.authorize_account(account, "token"))
+        self.settle(self.client.subscribe_spots(11, [1, 2]))
+        self.settle(self.client.subscribe_live_trendbars(11, 1, 1))
+        self.settle(self.client.subscribe_depth(12, [3]))
+        self.behave(m.payload_type_of(m.ProtoOANewOrderReq), lambda c, e: None)  # no answer
+        order = self.request(
+            m.ProtoOANewOrderReq(
+                ctidTraderAccountId=11, symbolId=1, orderType=1, tradeSide=1, volume=100_000
+            )
+        )
+        self.network.refusing = True
+        self.network.drop_all()
+        self.network.pump()
+        self.assertIsInstance(self.failureResultOf(order).value, ConnectionLost)
+        waiting = self.request(m.ProtoOAVersionReq())
+        self.network.run(3)
+        self.assertNoResult(waiting)
+        self.network.refusing = False
+        self.network.run_until(lambda: waiting.called, limit=5)
+        self.successResultOf(waiting)
+        types = [
+            e.payload_type for e in self.server.connections[-1].received if e.payload_type != 51
+        ]
+        pt = m.payload_type_of
+        self.assertEqual(types[0], pt(m.ProtoOAApplicationAuthReq))
+        self.assertEqual(types[1:3], [pt(m.ProtoOAAccountAuthReq)] * 2)
+        subscriptions = {
+            pt(m.ProtoOASubscribeSpotsReq),
+            pt(m.ProtoOASubscribeLiveTrendbarReq),
+            pt(m.ProtoOASubscribeDepthQuotesReq),
+        }
+        self.assertEqual(set(types[3:-1]), subscriptions)
+        self.assertEqual(types[-1], pt(m.ProtoOAVersionReq))
+        self.assertEqual(self.server.count(m.ProtoOANewOrderReq), 1)
