@@ -115,17 +115,25 @@ async def run_quotes(
             done.callback(None)
 
     remove = ctx.client.on(m.ProtoOASpotEvent, on_spot)
-    stop_trigger = ctx.reactor.addSystemEventTrigger("before", "shutdown", _finish, done)
+    stopping: list[bool] = []
+
+    def on_shutdown() -> None:  # Ctrl-C: stop quietly, the connection goes down with us
+        stopping.append(True)
+        _finish(done)
+
+    trigger = ctx.reactor.addSystemEventTrigger("before", "shutdown", on_shutdown)
+    timer = None if duration is None else ctx.reactor.callLater(duration, _finish, done)
     try:
         await ctx.client.subscribe_spots(account, list(by_id), timestamps=True)
-        if duration is not None:
-            ctx.reactor.callLater(duration, _finish, done)
         await done
-        if ctx.reactor.running:
+        if not stopping:
             await ctx.client.unsubscribe_spots(account, list(by_id))
     finally:
         remove()
-        ctx.reactor.removeSystemEventTrigger(stop_trigger)
+        if timer is not None and timer.active():
+            timer.cancel()
+        if not stopping:
+            ctx.reactor.removeSystemEventTrigger(trigger)
     return 0
 
 

@@ -75,6 +75,7 @@ class Output:
         wide = None if stdout.isatty() else 160
         self._console = Console(file=stdout, highlight=False, width=wide, soft_wrap=False)
         self._err_console = Console(file=stderr, highlight=False)
+        self._interrupted = False
 
     def emit(self, data: Row) -> None:
         """Write one JSON object line (JSON mode only; ignored otherwise)."""
@@ -116,9 +117,18 @@ class Output:
             self._console.rule(text, style="cyan")
 
     def error(self, text: str) -> None:
-        """Write a one-line error to stderr."""
+        """Write a one-line error to stderr (nothing after :meth:`interrupt`)."""
+        if self._interrupted:
+            return
         self._stderr.write(f"error: {text}\n")
         self._stderr.flush()
+
+    def interrupt(self) -> None:
+        """The user pressed Ctrl-C: say so once, then stay quiet about the teardown."""
+        if not self._interrupted:
+            self._interrupted = True
+            self._stderr.write("interrupted\n")
+            self._stderr.flush()
 
     @contextmanager
     def progress(self, description: str) -> Iterator[Callable[[float, int], None]]:

@@ -101,10 +101,7 @@ async def connect(
         missing credentials; ``ApplicationAuthError`` when the server refuses them.
     """
     settings.require_app_credentials()
-    if settings.ca_file is not None and not settings.ca_file.exists():
-        hint = " (is the sandbox running? start it with 'ctrader-twisted sandbox')"
-        extra = hint if settings.env == "sandbox" else ""
-        raise CliError(f"CA file {settings.ca_file} does not exist{extra}", ExitCode.CONNECTION)
+    _check_ca_file(settings)
     endpoint = _RecordingEndpoint(
         tls_endpoint(reactor, settings.host, settings.port, ca_file=settings.ca_file)
     )
@@ -134,14 +131,20 @@ async def connect(
     ready.addTimeout(connect_timeout, reactor)
     try:
         await ready
-    except DeferredTimeout:
+    except BaseException as error:
         await client.stopService()
-        message = f"cannot connect to {_where(settings)} within {connect_timeout:g} s"
-        raise CliError(message, ExitCode.CONNECTION) from None
-    except BaseException:
-        await client.stopService()
+        if isinstance(error, DeferredTimeout):
+            message = f"cannot connect to {_where(settings)} within {connect_timeout:g} s"
+            raise CliError(message, ExitCode.CONNECTION) from None
         raise
     return client
+
+
+def _check_ca_file(settings: Settings) -> None:
+    if settings.ca_file is not None and not settings.ca_file.exists():
+        hint = " (is the sandbox running? start it with 'ctrader-twisted sandbox')"
+        extra = hint if settings.env == "sandbox" else ""
+        raise CliError(f"CA file {settings.ca_file} does not exist{extra}", ExitCode.CONNECTION)
 
 
 def _settle(result: Failure | None, ready: Deferred[None]) -> None:

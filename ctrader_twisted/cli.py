@@ -284,6 +284,8 @@ def _react(options: argparse.Namespace, out: Output) -> int:
         if not result:  # Ctrl-C: the normal way to end ``quotes``, an interruption otherwise
             ok = options.command == "quotes"
             result.append(int(ExitCode.OK if ok else ExitCode.INTERRUPTED))
+            if not ok:
+                out.interrupt()
 
     def run(reactor: object) -> Deferred[None]:
         cli_reactor = cast(CliReactor, reactor)
