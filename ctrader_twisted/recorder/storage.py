@@ -288,7 +288,7 @@ def _prepared(store: MarketStore, dialect: dict[str, str]) -> Deferred[MarketSto
     def failed(failure: object) -> MarketStore:
         store.close()
         error = getattr(failure, "value", failure)
-        raise StorageError(f"cannot open {store.description}: {error}")
+        raise StorageError(f"cannot open {store.description}: {type(error).__name__}: {error}")
 
     d = store.create_schema(dialect)
     return d.addCallbacks(lambda _: store, failed)

@@ -1,0 +1,372 @@
+"""The recorder service: subscribe, store, backfill after every reconnect and restart.
+
+:class:`Recorder` is a :class:`~twisted.application.service.Service` that uses a running
+``Client`` (started by the same parent service, see :mod:`ctrader_twisted.recorder.tap`).  On
+start it opens the store, authorizes the account, resolves the symbol names, subscribes to spots
+(with server timestamps), live trendbars of each period and optionally depth, and backfills each
+bar series from the newest stored bar (inclusive) up to now.  After every reconnect
+(``client.on_ready``) it drops the bars in progress and backfills again, so each series has no
+gaps; bars are upserted on (symbol, period, open time), so it has no duplicates either.  Only
+closed bars are stored: a live bar is final once the next one starts, and each closed live bar
+is then confirmed from history (its last live update may miss ticks that did not move the price).
+
+A status line is logged every ``status_interval`` seconds.  Stopping the service flushes every
+queued row and closes the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Final, Protocol, TypeVar
+
+from google.protobuf.message import Message
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ctrader_twisted import messages as m
+from ctrader_twisted._models_symbols import RequestClient
+from ctrader_twisted.errors import (
+    AccountAuthError,
+    ApplicationAuthError,
+    CTraderError,
+    OpenApiError,
+)
+from ctrader_twisted.history import iter_trendbars
+from ctrader_twisted.recorder._live import LiveBars, bar_row, depth_rows, spot_row
+from ctrader_twisted.recorder._rows import BarRow, bar_close_minute
+from ctrader_twisted.recorder._writer import BatchWriter
+from ctrader_twisted.recorder.storage import MarketStore
+
+__all__ = ["Recorder", "RecorderClient", "RecorderConfig"]
+
+_SETUP_RETRY: Final = 5.0
+_M = TypeVar("_M", bound=Message)
+_T = TypeVar("_T")
+
+
+class RecorderClient(RequestClient, Protocol):
+    """The parts of ``ctrader_twisted.Client`` the recorder uses."""
+
+    reconnect_count: int
+
+    def when_ready(self) -> Deferred[None]: ...
+    def on_ready(self, callback: Callable[[], object]) -> Callable[[], None]: ...
+    def on(
+        self, message_type: type[_M], callback: Callable[[_M], object]
+    ) -> Callable[[], None]: ...
+    def authorize_account(
+        self, account_id: int, access_token: str
+    ) -> Deferred[m.ProtoOAAccountAuthRes]: ...
+    def subscribe_spots(
+        self, account_id: int, symbol_ids: list[int], timestamps: bool = False
+    ) -> Deferred[m.ProtoOASubscribeSpotsRes]: ...
+    def subscribe_live_trendbars(
+        self, account_id: int, symbol_id: int, period: int
+    ) -> Deferred[m.ProtoOASubscribeLiveTrendbarRes]: ...
+    def subscribe_depth(
+        self, account_id: int, symbol_ids: list[int]
+    ) -> Deferred[m.ProtoOASubscribeDepthQuotesRes]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RecorderConfig:
+    """What to record.
+
+    :ivar account_id: the ``ctidTraderAccountId`` whose symbols are recorded.
+    :ivar access_token: OAuth access token for that account (never shown).
+    :ivar symbols: symbol names (``"EURUSD"``) or numeric ids as text.
+    :ivar periods: trendbar periods (``ProtoOATrendbarPeriod`` values); M1 by default.
+    :ivar depth: also record depth of market.
+    :ivar history_minutes: on an empty database, backfill this many minutes before now.
+    :ivar status_interval: seconds between status lines.
+    :ivar max_batch_rows: rows per database transaction at most.
+    :ivar max_batch_delay: seconds a row may wait before its batch is written.
+    """
+
+    account_id: int
+    access_token: str = field(repr=False)
+    symbols: tuple[str, ...]
+    periods: tuple[int, ...] = (1,)
+    depth: bool = False
+    history_minutes: int = 60
+    status_interval: float = 60.0
+    max_batch_rows: int = 1000
+    max_batch_delay: float = 0.5
+
+
+class Recorder(Service):
+    """Record market data from ``client`` into the store opened by ``open_store``.
+
+    :param client: a client service, started separately (before this service).
+    :param open_store: opens the database; called once per start.
+    :param config: what to record.
+    :param clock: the clock for batching, status lines and bar closing.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        client: RecorderClient,
+        open_store: Callable[[], Deferred[MarketStore]],
+        config: RecorderConfig,
+        clock: IReactorTime,
+    ) -> None:
+        self._client = client
+        self._open_store = open_store
+        self.config = config
+        self._clock = clock
+        self.store: MarketStore | None = None
+        self.writer: BatchWriter | None = None
+        self.symbol_ids: dict[int, str] = {}
+        self._live = LiveBars(self._bar_closed, self._first_live_bar)
+        self._removers: list[Callable[[], None]] = []
+        self._status = LoopingCall(self._log_status)
+        self._status.clock = clock
+        self._setup: Deferred[None] | None = None
+        self._ready_for_backfill = False
+        self._backfill_queue: list[tuple[int, int]] = []
+        self._backfilling: Deferred[None] | None = None
+        self._steps_done: set[str] = set()
+        self.events_received = 0
+        self.backfills_done = 0
+        self._last_event_at: float | None = None
+        self._feed_lag_ms: int | None = None
+
+    def __repr__(self) -> str:
+        return f"Recorder(account={self.config.account_id}, symbols={self.config.symbols!r})"
+
+    # Service
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self._setup = Deferred.fromCoroutine(self._start())
+        self._setup.addErrback(self._setup_failed)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _start(self) -> None:
+        self.store = await self._open_store()
+        self.writer = BatchWriter(
+            self.store,
+            self._clock,
+            max_rows=self.config.max_batch_rows,
+            max_delay=self.config.max_batch_delay,
+        )
+        self._removers.append(self._client.on(m.ProtoOASpotEvent, self._on_spot))
+        self._removers.append(self._client.on(m.ProtoOADepthEvent, self._on_depth))
+        self._removers.append(self._client.on_ready(self._reconnected))
+        if self.config.status_interval > 0:
+            self._status.start(self.config.status_interval, now=False)
+        while self.running:
+            try:
+                await self._client.when_ready()
+                await self._subscribe()
+            except (ApplicationAuthError, AccountAuthError):
+                raise
+            except CTraderError as error:
+                self._log.warn("Recorder setup interrupted ({error}); retrying", error=str(error))
+                await deferLater(self._clock, _SETUP_RETRY)
+                continue
+            break
+        if self.running:
+            self._ready_for_backfill = True
+            self._queue_backfill_all()
+
+    def _setup_failed(self, failure: Failure) -> None:
+        if not isinstance(failure.value, CancelledError):
+            self._log.failure("The recorder could not start", failure)
+
+    async def _subscribe(self) -> None:
+        account, client = self.config.account_id, self._client
+        if "auth" not in self._steps_done:
+            await client.authorize_account(account, self.config.access_token)
+            self._steps_done.add("auth")
+        if not self.symbol_ids:
+            self.symbol_ids = await self._resolve_symbols()
+            assert self.store is not None
+            await self.store.save_symbols(self.symbol_ids)
+        ids = sorted(self.symbol_ids)
+        if "spots" not in self._steps_done:
+            await _idempotent(client.subscribe_spots(account, ids, timestamps=True))
+            self._steps_done.add("spots")
+        for symbol_id in ids:
+            for period in self.config.periods:
+                step = f"bars:{symbol_id}:{period}"
+                if step not in self._steps_done:
+                    await _idempotent(client.subscribe_live_trendbars(account, symbol_id, period))
+                    self._steps_done.add(step)
+        if self.config.depth and "depth" not in self._steps_done:
+            await _idempotent(client.subscribe_depth(account, ids))
+            self._steps_done.add("depth")
+        self._log.info(
+            "Recording {count} symbol(s) of account {account}", count=len(ids), account=account
+        )
+
+    async def _resolve_symbols(self) -> dict[int, str]:
+        request = m.ProtoOASymbolsListReq(ctidTraderAccountId=self.config.account_id)
+        listing = await self._client.request(request)
+        by_name = {s.symbolName.upper(): s.symbolId for s in listing.symbol}
+        by_id = {s.symbolId: s.symbolName for s in listing.symbol}
+        resolved: dict[int, str] = {}
+        for wanted in self.config.symbols:
+            if wanted.isdigit() and int(wanted) in by_id:
+                resolved[int(wanted)] = by_id[int(wanted)]
+            elif wanted.upper() in by_name:
+                resolved[by_name[wanted.upper()]] = wanted.upper()
+            else:
+                raise CTraderError(f"unknown symbol {wanted!r} for this account")
+        return resolved
+
+    async def _stop(self) -> None:
+        if self._status.running:
+            self._status.stop()
+        for remove in self._removers:
+            remove()
+        self._removers.clear()
+        if self._setup is not None:
+            self._setup.cancel()
+        if self._backfilling is not None:
+            await self._backfilling  # the client stops after us, so this completes
+        if self.writer is not None:
+            await self.writer.flush()
+            self.writer.stop()
+            self._log.info("Recorder stopped; {rows} rows written", rows=self.writer.rows_written)
+        if self.store is not None:
+            await self.store.close()
+
+    # Live data
+
+    def _now_ms(self) -> int:
+        return int(self._clock.seconds() * 1000)
+
+    def _on_spot(self, event: m.ProtoOASpotEvent) -> None:
+        if event.ctidTraderAccountId != self.config.account_id or self.writer is None:
+            return
+        if event.symbolId not in self.symbol_ids:
+            return
+        now_ms = self._now_ms()
+        self._touch(now_ms, event.timestamp if event.HasField("timestamp") else None)
+        if event.HasField("bid") or event.HasField("ask"):
+            self.writer.add_spot(spot_row(event, now_ms))
+        for trendbar in event.trendbar:
+            self._live.feed(event.symbolId, trendbar)
+
+    def _on_depth(self, event: m.ProtoOADepthEvent) -> None:
+        if event.ctidTraderAccountId != self.config.account_id or self.writer is None:
+            return
+        if event.symbolId in self.symbol_ids:
+            now_ms = self._now_ms()
+            self._touch(now_ms, None)
+            self.writer.add_depth(depth_rows(event, now_ms))
+
+    def _touch(self, now_ms: int, server_ms: int | None) -> None:
+        self.events_received += 1
+        self._last_event_at = now_ms / 1000
+        if server_ms is not None:
+            self._feed_lag_ms = now_ms - server_ms
+
+    def _bar_closed(self, row: BarRow) -> None:
+        if self.writer is not None:
+            self.writer.add_bar(row)
+        if self._ready_for_backfill:
+            # The last live update of a bar can miss ticks that did not move the price (its
+            # volume then falls short); history has the final bar, so confirm it from there.
+            self._queue_backfill(row.symbol_id, row.period)
+
+    def _first_live_bar(self, symbol_id: int, period: int) -> None:
+        if self._ready_for_backfill:
+            self._queue_backfill(symbol_id, period)
+
+    def _reconnected(self) -> None:
+        self._live.reset()
+        if self._ready_for_backfill:
+            self._log.info("Reconnected; backfilling missed bars")
+            self._queue_backfill_all()
+
+    # Backfill
+
+    def _queue_backfill_all(self) -> None:
+        for symbol_id in sorted(self.symbol_ids):
+            for period in self.config.periods:
+                self._queue_backfill(symbol_id, period)
+
+    def _queue_backfill(self, symbol_id: int, period: int) -> None:
+        if (symbol_id, period) not in self._backfill_queue:
+            self._backfill_queue.append((symbol_id, period))
+        if self._backfilling is None:
+            self._backfilling = Deferred.fromCoroutine(self._run_backfills())
+
+    async def _run_backfills(self) -> None:
+        try:
+            while self._backfill_queue and self.running:
+                symbol_id, period = self._backfill_queue.pop(0)
+                try:
+                    count = await self._backfill(symbol_id, period)
+                except CTraderError as error:
+                    self._log.warn(
+                        "Backfill of {symbol} interrupted ({error}); it resumes after reconnect",
+                        symbol=self.symbol_ids.get(symbol_id, symbol_id),
+                        error=str(error),
+                    )
+                    continue
+                self.backfills_done += 1
+                self._log.debug("Backfilled {count} bar(s)", count=count)
+        finally:
+            self._backfilling = None
+
+    async def _backfill(self, symbol_id: int, period: int) -> int:
+        """Fetch closed bars from the newest stored one (inclusive) up to now."""
+        assert self.store is not None
+        assert self.writer is not None
+        now = self._clock.seconds()
+        last = await self.store.last_bar_minute(symbol_id, period)
+        start_minute = last if last is not None else int(now // 60) - self.config.history_minutes
+        start = datetime.fromtimestamp(start_minute * 60, tz=timezone.utc)
+        end = datetime.fromtimestamp(now, tz=timezone.utc)
+        count = 0
+        async for batch in iter_trendbars(
+            self._client, self.config.account_id, symbol_id, period, start, end
+        ):
+            for bar in batch:
+                row = bar_row(symbol_id, bar, "history")
+                if bar_close_minute(period, row.time_minutes) * 60 <= now:
+                    self.writer.add_bar(row)
+                    count += 1
+        return count
+
+    # Status
+
+    def _log_status(self) -> None:
+        writer = self.writer
+        now = self._clock.seconds()
+        idle = None if self._last_event_at is None else now - self._last_event_at
+        self._log.info(
+            "Recorder status: {events} events received, {written} rows written, {pending} "
+            "pending, write lag {write_lag:.3f} s, feed lag {feed_lag} ms, {reconnects} "
+            "reconnects, last event {idle} s ago",
+            events=self.events_received,
+            written=writer.rows_written if writer else 0,
+            pending=writer.rows_pending if writer else 0,
+            write_lag=writer.last_write_lag if writer else 0.0,
+            feed_lag=self._feed_lag_ms if self._feed_lag_ms is not None else "n/a",
+            reconnects=self._client.reconnect_count,
+            idle="n/a" if idle is None else f"{idle:.1f}",
+        )
+
+
+async def _idempotent(d: Deferred[_T]) -> None:
+    """Await a subscription; an ``ALREADY_SUBSCRIBED`` answer counts as success."""
+    try:
+        await d
+    except OpenApiError as error:
+        if error.code != "ALREADY_SUBSCRIBED":
+            raise

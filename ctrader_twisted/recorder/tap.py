@@ -1,0 +1,264 @@
+"""``twistd ctrader-record``: the recorder as a twistd plugin (``Options`` + ``makeService``).
+
+``ctrader-twisted record`` takes exactly these options too (:func:`record_main`).
+
+Environments:
+
+- ``sandbox`` (default): with ``--port``, connect to a sandbox already listening on
+  127.0.0.1 (``--ca-file`` names its CA); without it, run an embedded sandbox in the same
+  process.  Sandbox credentials are built in.
+- ``demo`` / ``live``: connect to Spotware's servers with the application's credentials
+  (``$CTRADER_CLIENT_ID`` / ``$CTRADER_CLIENT_SECRET``) and the OAuth token stored by
+  ``ctrader-twisted auth``; the token is refreshed on the socket ahead of expiry and the new
+  token is saved to the same file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import cast
+
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IReactorCore,
+    IReactorSSL,
+    IReactorTCP,
+    IReactorThreads,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.python import usage
+from zope.interface import implementer
+
+from ctrader_twisted._oauth_refresh import TokenRefresher, socket_refresh
+from ctrader_twisted.client import DEMO_HOST, LIVE_HOST, PORT, Client, tls_endpoint
+from ctrader_twisted.recorder._rows import period_from_name
+from ctrader_twisted.recorder.service import Recorder, RecorderConfig
+from ctrader_twisted.recorder.storage import MarketStore, open_postgres, open_sqlite
+from ctrader_twisted.sandbox import (
+    DEFAULT_ACCESS_TOKEN,
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    SANDBOX_ACCOUNTS,
+    RunningSandbox,
+    SandboxConfig,
+    start_sandbox,
+)
+from ctrader_twisted.tokens import TokenStore, default_token_path
+
+__all__ = ["Options", "makeService", "record_main"]
+
+_ENVIRONMENTS = ("sandbox", "demo", "live")
+
+
+class Options(usage.Options):
+    """Command-line options of ``twistd ctrader-record`` and ``ctrader-twisted record``."""
+
+    synopsis = "[options]"
+    longdesc = "Record spots, closed trendbars and optionally depth into SQLite or PostgreSQL."
+    optParameters = [
+        ["environment", "e", "sandbox", "sandbox, demo or live"],
+        ["account", "a", None, "ctidTraderAccountId (sandbox default: its first account)"],
+        ["symbols", "s", "EURUSD", "comma-separated symbol names or ids"],
+        ["periods", "p", "M1", "comma-separated trendbar periods (M1, M5, H1, ...)"],
+        ["database", "d", "ctrader-market.sqlite3", "SQLite database file"],
+        ["postgres", None, None, "PostgreSQL connection string (needs psycopg); replaces -d"],
+        ["token-file", None, None, "OAuth token file for demo/live (default: the auth one)"],
+        ["history", None, "60", "minutes of history to fetch into an empty database"],
+        ["status-interval", None, "60", "seconds between status lines in the log"],
+        ["host", None, None, "server host (default: per environment; sandbox: localhost)"],
+        ["port", None, None, "server port (sandbox: connect to a running sandbox)"],
+        ["ca-file", None, None, "PEM CA to trust (for a local sandbox)"],
+        ["sandbox-tick-interval", None, "1.0", "embedded sandbox: seconds between ticks"],
+    ]
+    optFlags = [["depth", None, "also record depth of market"]]
+
+    def postOptions(self) -> None:
+        if self["environment"] not in _ENVIRONMENTS:
+            raise usage.UsageError(f"--environment must be one of {', '.join(_ENVIRONMENTS)}")
+        try:
+            self["periods"] = tuple(period_from_name(p) for p in _split(self["periods"]))
+            for name in ("history", "status-interval", "sandbox-tick-interval"):
+                self[name] = float(self[name])
+            if self["port"] is not None:
+                self["port"] = int(self["port"])
+            if self["account"] is not None:
+                self["account"] = int(self["account"])
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
+        self["symbols"] = tuple(_split(self["symbols"]))
+        if not self["symbols"]:
+            raise usage.UsageError("--symbols must name at least one symbol")
+        if self["environment"] != "sandbox" and self["account"] is None:
+            raise usage.UsageError("--account is required for demo and live")
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+class _EmbeddedSandbox(Service):
+    """Runs a sandbox inside the recorder process (``--environment sandbox`` without --port)."""
+
+    def __init__(self, reactor: IReactorSSL, config: SandboxConfig) -> None:
+        self._reactor = reactor
+        self._config = config
+        self._running: RunningSandbox | None = None
+        self._waiters: list[Deferred[RunningSandbox]] = []
+
+    def when_running(self) -> Deferred[RunningSandbox]:
+        """A fresh Deferred that fires with the running sandbox."""
+        d: Deferred[RunningSandbox] = Deferred()
+        if self._running is not None:
+            d.callback(self._running)
+        else:
+            self._waiters.append(d)
+        return d
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+
+        def up(running: RunningSandbox) -> None:
+            self._running = running
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                waiter.callback(running)
+
+        start_sandbox(self._reactor, self._config).addCallback(up)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        running, self._running = self._running, None
+        return running.stop() if running is not None else None
+
+
+@implementer(IStreamClientEndpoint)
+class _EmbeddedSandboxEndpoint:
+    """Connects to the embedded sandbox once it listens."""
+
+    def __init__(self, reactor: IReactorTCP, sandbox: _EmbeddedSandbox) -> None:
+        self._reactor = reactor
+        self._sandbox = sandbox
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        async def connect() -> IProtocol:
+            running = await self._sandbox.when_running()
+            return await running.endpoint(self._reactor).connect(factory)
+
+        return Deferred.fromCoroutine(connect())
+
+
+def makeService(options: Options) -> IService:
+    """Build the (unstarted) recorder service from parsed options."""
+    from twisted.internet import reactor as global_reactor
+
+    return build_service(options, cast(IReactorSSL, global_reactor))
+
+
+def build_service(options: Options, reactor: IReactorSSL) -> MultiService:
+    """Build the recorder service on ``reactor`` (used by :func:`makeService` and tests).
+
+    :raises twisted.python.usage.UsageError: missing credentials or token for demo/live.
+    """
+    top = MultiService()  # type: ignore[no-untyped-call]
+    clock = cast(IReactorTime, reactor)
+    tcp = cast(IReactorTCP, reactor)
+    if options["environment"] == "sandbox":
+        client = _sandbox_client(options, reactor, top)
+        account = options["account"] or SANDBOX_ACCOUNTS[0].account_id
+        access_token = DEFAULT_ACCESS_TOKEN
+    else:
+        client_id = os.environ.get("CTRADER_CLIENT_ID", "")
+        secret = os.environ.get("CTRADER_CLIENT_SECRET", "")
+        if not client_id or not secret:
+            raise usage.UsageError("set CTRADER_CLIENT_ID and CTRADER_CLIENT_SECRET")
+        host = options["host"] or (DEMO_HOST if options["environment"] == "demo" else LIVE_HOST)
+        port = options["port"] or PORT
+        endpoint = tls_endpoint(tcp, host, port, ca_file=options["ca-file"])
+        client = Client(endpoint, client_id=client_id, client_secret=secret, reactor=clock)
+        _adopt(top, client)
+        store = TokenStore(
+            options["token-file"] or default_token_path(), cast(IReactorThreads, reactor)
+        )
+        token = store.read()  # a small file, read once before the reactor runs
+        if token is None:
+            raise usage.UsageError(f"no token in {store.path}; run 'ctrader-twisted auth'")
+        refresh = socket_refresh(client, clock)
+        _adopt(top, TokenRefresher(clock, refresh, token, store=store))
+        account, access_token = options["account"], token.access_token
+    config = RecorderConfig(
+        account_id=account,
+        access_token=access_token,
+        symbols=options["symbols"],
+        periods=options["periods"],
+        depth=bool(options["depth"]),
+        history_minutes=int(options["history"]),
+        status_interval=options["status-interval"],
+    )
+    _adopt(top, Recorder(client, _store_opener(options, reactor), config, clock))
+    return top
+
+
+def _sandbox_client(options: Options, reactor: IReactorSSL, top: MultiService) -> Client:
+    tcp = cast(IReactorTCP, reactor)
+    endpoint: IStreamClientEndpoint
+    if options["port"] is not None:
+        host = options["host"] or "localhost"
+        endpoint = tls_endpoint(tcp, host, options["port"], ca_file=options["ca-file"])
+    else:
+        config = SandboxConfig(tick_interval=options["sandbox-tick-interval"])
+        sandbox = _EmbeddedSandbox(reactor, config)
+        _adopt(top, sandbox)
+        endpoint = _EmbeddedSandboxEndpoint(tcp, sandbox)
+    client = Client(
+        endpoint,
+        client_id=DEFAULT_CLIENT_ID,
+        client_secret=DEFAULT_CLIENT_SECRET,
+        reactor=cast(IReactorTime, reactor),
+    )
+    _adopt(top, client)
+    return client
+
+
+def _adopt(parent: MultiService, child: IService) -> None:
+    child.setServiceParent(parent)  # type: ignore[no-untyped-call]
+
+
+def _store_opener(options: Options, reactor: IReactorSSL) -> Callable[[], Deferred[MarketStore]]:
+    core = cast(IReactorCore, reactor)
+    if options["postgres"]:
+        dsn = options["postgres"]
+        return lambda: open_postgres(core, dsn)
+    path = Path(options["database"]).expanduser()
+    return lambda: open_sqlite(core, path)
+
+
+def record_main(argv: Sequence[str] | None = None) -> int:
+    """``ctrader-twisted record [options]``: run the recorder in the foreground until Ctrl-C.
+
+    :returns: the exit status (2 for bad options).
+    """
+    from twisted.internet import reactor as global_reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    options = Options()  # type: ignore[no-untyped-call]
+    try:
+        options.parseOptions(  # type: ignore[no-untyped-call]
+            list(argv) if argv is not None else sys.argv[1:]
+        )
+        service = build_service(options, cast(IReactorSSL, global_reactor))
+    except usage.UsageError as error:
+        sys.stderr.write(f"{options}\nerror: {error}\n")
+        return 2
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
+    core = cast(IReactorCore, global_reactor)
+    core.callWhenRunning(service.startService)
+    core.addSystemEventTrigger("before", "shutdown", service.stopService)
+    core.run()
+    return 0
