@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
         "sandbox", help="run a local sandbox server", add_help=False, prefix_chars="\0"
     )
     sandbox.add_argument("args", nargs=argparse.REMAINDER, help="sandbox options (see --help)")
+    record = commands.add_parser(
+        "record", help="record market data into a database", add_help=False, prefix_chars="\0"
+    )
+    record.add_argument("args", nargs=argparse.REMAINDER, help="recorder options (see --help)")
     _add_oauth(commands)
     parent = _connection_options()
     _add_market(commands, parent)
@@ -266,6 +270,10 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None) -> 
         return int(handler(options))
     if options.command == "sandbox":
         return _sandbox(options.args)
+    if options.command == "record":
+        from .recorder.tap import record_main
+
+        return record_main(options.args)
     out = Output(
         json_mode=getattr(options, "json", False), stdout=stdout or sys.stdout, stderr=sys.stderr
     )

@@ -235,7 +235,9 @@ class Recorder(Service):
         if self._setup is not None:
             self._setup.cancel()
         if self._backfilling is not None:
-            await self._backfilling  # the client stops after us, so this completes
+            # Ends soon: the loop stops after this series, and if the client is stopping too
+            # its requests fail at once (the failure is logged and nothing is lost).
+            await self._backfilling
         if self.writer is not None:
             await self.writer.flush()
             self.writer.stop()

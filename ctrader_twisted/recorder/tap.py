@@ -76,6 +76,7 @@ class Options(usage.Options):
         ["port", None, None, "server port (sandbox: connect to a running sandbox)"],
         ["ca-file", None, None, "PEM CA to trust (for a local sandbox)"],
         ["sandbox-tick-interval", None, "1.0", "embedded sandbox: seconds between ticks"],
+        ["sandbox-state-dir", None, None, "embedded sandbox: where its TLS certificates live"],
     ]
     optFlags = [["depth", None, "also record depth of market"]]
 
@@ -106,9 +107,12 @@ def _split(text: str) -> list[str]:
 class _EmbeddedSandbox(Service):
     """Runs a sandbox inside the recorder process (``--environment sandbox`` without --port)."""
 
-    def __init__(self, reactor: IReactorSSL, config: SandboxConfig) -> None:
+    def __init__(
+        self, reactor: IReactorSSL, config: SandboxConfig, state_dir: str | None = None
+    ) -> None:
         self._reactor = reactor
         self._config = config
+        self._state_dir = state_dir
         self._running: RunningSandbox | None = None
         self._waiters: list[Deferred[RunningSandbox]] = []
 
@@ -130,7 +134,7 @@ class _EmbeddedSandbox(Service):
             for waiter in waiters:
                 waiter.callback(running)
 
-        start_sandbox(self._reactor, self._config).addCallback(up)
+        start_sandbox(self._reactor, self._config, state_dir=self._state_dir).addCallback(up)
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()  # type: ignore[no-untyped-call]
@@ -171,7 +175,7 @@ def build_service(options: Options, reactor: IReactorSSL) -> MultiService:
     tcp = cast(IReactorTCP, reactor)
     if options["environment"] == "sandbox":
         client = _sandbox_client(options, reactor, top)
-        account = options["account"] or SANDBOX_ACCOUNTS[0].account_id
+        account = options["account"] or min(SANDBOX_ACCOUNTS)
         access_token = DEFAULT_ACCESS_TOKEN
     else:
         client_id = os.environ.get("CTRADER_CLIENT_ID", "")
@@ -213,7 +217,7 @@ def _sandbox_client(options: Options, reactor: IReactorSSL, top: MultiService) -
         endpoint = tls_endpoint(tcp, host, options["port"], ca_file=options["ca-file"])
     else:
         config = SandboxConfig(tick_interval=options["sandbox-tick-interval"])
-        sandbox = _EmbeddedSandbox(reactor, config)
+        sandbox = _EmbeddedSandbox(reactor, config, options["sandbox-state-dir"])
         _adopt(top, sandbox)
         endpoint = _EmbeddedSandboxEndpoint(tcp, sandbox)
     client = Client(
@@ -245,7 +249,13 @@ def record_main(argv: Sequence[str] | None = None) -> int:
     :returns: the exit status (2 for bad options).
     """
     from twisted.internet import reactor as global_reactor
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
 
     options = Options()  # type: ignore[no-untyped-call]
     try:
@@ -254,9 +264,11 @@ def record_main(argv: Sequence[str] | None = None) -> int:
         )
         service = build_service(options, cast(IReactorSSL, global_reactor))
     except usage.UsageError as error:
-        sys.stderr.write(f"{options}\nerror: {error}\n")
+        sys.stderr.write(f"error: {error}\n(see ctrader-twisted record --help)\n")
         return 2
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
+    info = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+    observer = FilteringLogObserver(textFileLogObserver(sys.stdout), [info])
+    globalLogBeginner.beginLoggingTo([observer])
     core = cast(IReactorCore, global_reactor)
     core.callWhenRunning(service.startService)
     core.addSystemEventTrigger("before", "shutdown", service.stopService)
