@@ -134,6 +134,7 @@ class Recorder(Service):
         self._backfill_queue: list[tuple[int, int]] = []
         self._backfilling: Deferred[None] | None = None
         self._steps_done: set[str] = set()
+        self._newest_queued: dict[tuple[int, int], int] = {}
         self.events_received = 0
         self.backfills_done = 0
         self._last_event_at: float | None = None
@@ -276,9 +277,15 @@ class Recorder(Service):
         if server_ms is not None:
             self._feed_lag_ms = now_ms - server_ms
 
+    def _store_bar(self, row: BarRow) -> None:
+        assert self.writer is not None
+        self.writer.add_bar(row)
+        key = (row.symbol_id, row.period)
+        self._newest_queued[key] = max(row.time_minutes, self._newest_queued.get(key, 0))
+
     def _bar_closed(self, row: BarRow) -> None:
         if self.writer is not None:
-            self.writer.add_bar(row)
+            self._store_bar(row)
         if self._ready_for_backfill:
             # The last live update of a bar can miss ticks that did not move the price (its
             # volume then falls short); history has the final bar, so confirm it from there.
@@ -331,6 +338,9 @@ class Recorder(Service):
         assert self.writer is not None
         now = self._clock.seconds()
         last = await self.store.last_bar_minute(symbol_id, period)
+        queued = self._newest_queued.get((symbol_id, period))
+        if queued is not None:  # newer than the database while its batch is being written
+            last = queued if last is None else max(last, queued)
         start_minute = last if last is not None else int(now // 60) - self.config.history_minutes
         start = datetime.fromtimestamp(start_minute * 60, tz=timezone.utc)
         end = datetime.fromtimestamp(now, tz=timezone.utc)
@@ -341,7 +351,7 @@ class Recorder(Service):
             for bar in batch:
                 row = bar_row(symbol_id, bar, "history")
                 if bar_close_minute(period, row.time_minutes) * 60 <= now:
-                    self.writer.add_bar(row)
+                    self._store_bar(row)
                     count += 1
         return count
 
