@@ -288,8 +288,14 @@ def money_to_int(amount: PriceLike, money_digits: int | None = None) -> int:
 
 
 def datetime_from_ms(ms: int) -> datetime:
-    """Aware UTC datetime of a Unix timestamp in milliseconds (exact, no float)."""
-    return EPOCH + timedelta(milliseconds=int(ms))
+    """Aware UTC datetime of a Unix timestamp in milliseconds (exact, no float).
+
+    :raises ValueError: if the time is beyond what ``datetime`` holds (after the year 9999).
+    """
+    try:
+        return EPOCH + timedelta(milliseconds=int(ms))
+    except OverflowError:
+        raise ValueError(f"{ms} ms since the epoch is out of range") from None
 
 
 def ms_from_datetime(moment: datetime) -> int:
@@ -303,8 +309,14 @@ def ms_from_datetime(moment: datetime) -> int:
 
 
 def datetime_from_minutes(minutes: int) -> datetime:
-    """Aware UTC datetime of a trendbar's ``utcTimestampInMinutes``."""
-    return EPOCH + timedelta(minutes=int(minutes))
+    """Aware UTC datetime of a trendbar's ``utcTimestampInMinutes``.
+
+    :raises ValueError: if the time is beyond what ``datetime`` holds (after the year 9999).
+    """
+    try:
+        return EPOCH + timedelta(minutes=int(minutes))
+    except OverflowError:
+        raise ValueError(f"{minutes} minutes since the epoch is out of range") from None
 
 
 def minutes_from_datetime(moment: datetime) -> int:
