@@ -31,7 +31,15 @@ from .errors import (
     RequestTimeout,
     error_from_message,
 )
-from .messages import Envelope, ProtoHeartbeatEvent, UnknownMessage, encode_message
+from .messages import (
+    Envelope,
+    ProtoErrorRes,
+    ProtoHeartbeatEvent,
+    ProtoOAErrorRes,
+    UnknownMessage,
+    encode_message,
+    payload_type_of,
+)
 from .protocol import OpenApiProtocol
 
 __all__ = ["Listener", "Session", "SessionOwner"]
@@ -39,6 +47,8 @@ __all__ = ["Listener", "Session", "SessionOwner"]
 Listener = Callable[[Message], object]
 
 _HEARTBEAT: Final = encode_message(ProtoHeartbeatEvent())
+# Server errors, reported when they arrive without a clientMsgId (nothing else would show them).
+_ERROR_TYPES: Final = frozenset(payload_type_of(cls) for cls in (ProtoOAErrorRes, ProtoErrorRes))
 
 
 class SessionOwner(Protocol):
@@ -127,7 +137,15 @@ class Session:
                 self._settle(pending, payload_type, message)
             else:
                 self._stray(client_msg_id, payload_type)
+        elif payload_type in _ERROR_TYPES:
+            self._anonymous_error(message)
         if isinstance(message, UnknownMessage):
+            if client_msg_id is None:
+                self._log.warn(
+                    "ignored an event of unknown payload type {payload_type} ({size} bytes)",
+                    payload_type=payload_type,
+                    size=len(message.payload),
+                )
             return
         if payload_type in self._internal:
             self._owner.internal_event(payload_type, message)
@@ -275,6 +293,17 @@ class Session:
         if pending.client_msg_id is not None:
             self.written.pop(pending.client_msg_id, None)
         self._finish(pending, RequestTimeout(pending.name, pending.timeout, sent=True))
+
+    def _anonymous_error(self, message: Message | UnknownMessage) -> None:
+        # An error that names no request cannot fail one; the request it belonged to (if any)
+        # still ends by its own timeout.
+        error = error_from_message(message) if isinstance(message, Message) else None
+        if error is not None:
+            self._log.warn(
+                "server error without a clientMsgId: {code}: {description}",
+                code=error.code,
+                description=error.description,
+            )
 
     def _stray(self, client_msg_id: str, payload_type: int) -> None:
         # Expected for the follow-up execution events of an order, or a late answer.

@@ -11,7 +11,6 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-import pytest
 from google.protobuf.message import Message
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -143,11 +142,6 @@ class FramingIntactTests(HostileServerTestCase):
         self.assertIn("9999", str(error))
         self.assertRecovered(links=1)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="client bug: _client_session.Session.envelope_received drops an UnknownMessage "
-        "without a clientMsgId silently (no log line)",
-    )
     def test_unknown_payload_type_event_is_reported(self) -> None:
         self.start()
         self.server.current.write(raw_frame(9999, b"mystery"))
@@ -178,11 +172,6 @@ class FramingIntactTests(HostileServerTestCase):
         self.assertEqual(self.successResultOf(d).version, "first")
         self.assertRecovered(links=1)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="client bug: _client_session.Session.envelope_received passes ProtoOAErrorRes / "
-        "ProtoErrorRes without a clientMsgId to listeners only; nothing is logged",
-    )
     def test_error_without_client_msg_id(self) -> None:
         """An error that names no request cannot fail one: it is reported, and the request
         it probably belonged to times out instead of hanging."""
