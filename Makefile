@@ -12,6 +12,7 @@ help:
 	@echo "make test      lint, type-check, check generated code, run the tests"
 	@echo "make generate  regenerate ctrader_twisted/messages from protobuf/*.proto"
 	@echo "make bench     run the benchmarks (writes docs/benchmarks.md)"
+	@echo "make fuzz      fuzz the client and sandbox protocols with bigger budgets"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,15 +40,20 @@ test: lint types generated pytest
 generate: $(STAMP)
 	$(BIN)/python tools/generate.py
 
-# Owned by the CLI work: the whole product against the built-in sandbox.
+# The whole product against the built-in sandbox.
 demo: $(STAMP)
 	$(BIN)/ctrader-twisted demo
 
-# Owned by the benchmark work.
+# Benchmarks side by side with the official SDK; writes docs/benchmarks.md.
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-# Owned by the reliability work: longer fuzzing budgets than make test uses.
+# Longer fuzzing budgets than make test uses (60 examples per test there).  Override with
+# make fuzz CTRADER_FUZZ_EXAMPLES=10000 CTRADER_FUZZ_ATHERIS_SECONDS=60 (atheris optional).
+CTRADER_FUZZ_EXAMPLES ?= 2000
+CTRADER_FUZZ_ATHERIS_SECONDS ?= 0
+fuzz: export CTRADER_FUZZ_EXAMPLES := $(CTRADER_FUZZ_EXAMPLES)
+fuzz: export CTRADER_FUZZ_ATHERIS_SECONDS := $(CTRADER_FUZZ_ATHERIS_SECONDS)
 fuzz: $(STAMP)
 	$(BIN)/python -m pytest -q tests/test_fuzz.py -p no:cacheprovider $(FUZZ_ARGS)
 
