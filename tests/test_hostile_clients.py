@@ -116,6 +116,8 @@ class HostileClientsTests(TestCase):
         self._check_refusals(outcomes)
         stats = running.factory.stats
         self.assertGreaterEqual(stats.connections_total, 1 + IDLE + GARBAGE + OVERSIZE)
+        # Slow readers cost at most one paused buffer each (64 KiB and a TLS record or two).
+        self.assertLess(outcomes["backlog"], SLOW * 160 * 1024)
         print(
             f"\nhostile clients: {stats.connections_total} connections, "
             f"{stats.rate_limited} rate-limited, errors {dict(stats.errors_by_code)}; "

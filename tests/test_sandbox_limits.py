@@ -102,9 +102,14 @@ class FaultTests(SynchronousTestCase):
         wire.clock.advance(100)
         self.assertEqual(wire.received(), [])  # no answer, no heartbeat, no idle close
         self.assertTrue(wire.connected)
-        self.assertEqual(wire.transport.producerState, "paused")
+        # Still reading (and discarding), so the peer's FIN or reset ends the session.
+        self.assertEqual(wire.transport.producerState, "producing")
+        wire.send(m.ProtoOAVersionReq(), "y")
+        self.assertEqual(wire.received(), [])
         self.assertEqual(len(wire.clock.getDelayedCalls()), 1)  # only the market feed
         wire.close()
+        self.assertEqual(wire.factory.sessions, [])
+        self.assertEqual(wire.clock.getDelayedCalls(), [])
 
     def test_corrupt_frame_after(self) -> None:
         wire = Wire(corrupt_frame_after=1)

@@ -79,6 +79,17 @@ class SandboxConfig:
         and the connection is closed.
     :ivar version: text of ``ProtoOAVersionRes.version``.
 
+    Slow and vanished clients:
+
+    :ivar slow_reader_timeout: abort a connection whose client has not taken the sandbox's
+        output for this long: its transport stayed paused (write buffer full) the whole time
+        (0 disables).  While paused, market data for it is dropped, not queued.
+    :ivar slow_reader_backlog: abort a connection once this many bytes (answers, execution
+        and account events) were written to it during one pause (0 disables).
+    :ivar close_timeout: abort a connection the sandbox is closing (idle, refused, faulty)
+        that has not finished closing after this long: the peer neither took the last bytes
+        nor answered the TLS close (0: wait forever).
+
     Fault injection (``None`` means off):
 
     :ivar drop_after_messages: close each connection right after handling its Nth inbound frame.
@@ -108,6 +119,9 @@ class SandboxConfig:
     rate_limit_mode: RateLimitMode = "frequency"
     max_frame: int = 1024 * 1024
     version: str = "91 (ctrader-twisted sandbox)"
+    slow_reader_timeout: float = 30.0
+    slow_reader_backlog: int = 4 * 1024 * 1024
+    close_timeout: float = 10.0
     drop_after_messages: int | None = None
     drop_after_seconds: float | None = None
     stall_after_messages: int | None = None
@@ -122,6 +136,9 @@ class SandboxConfig:
         for name in ("trendbar_chunk", "tick_chunk", "list_chunk", "max_frame"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        for name in ("slow_reader_timeout", "slow_reader_backlog", "close_timeout"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
 
     @property
     def tick_ms(self) -> int:

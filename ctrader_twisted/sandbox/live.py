@@ -3,6 +3,11 @@
 The factory's :class:`MarketFeed` ticks every ``tick_interval`` seconds while any connection is
 open.  Each tick it reads the walk's current quote for every *active* symbol (subscribed, or
 watched by the order engine); only symbols whose quote changed cost more than a comparison.
+
+Market data is never queued for a client that is not reading: while a session's transport is
+paused, its spot and depth events are dropped and the subscription is marked *stale*; when the
+transport resumes, :meth:`MarketFeed.resync` sends each stale subscription one spot event with
+both sides (and the bars in progress) and a fresh depth book.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ class _Subscription:
     ask: int = 0
     periods: set[int] = field(default_factory=set)
     depth: list[int] | None = None
+    #: An event was dropped while the client was not reading: re-send in full.
+    stale: bool = False
+    depth_stale: bool = False
 
 
 class _LiveBars:
@@ -125,6 +133,20 @@ class MarketFeed:
         sub.depth = []
         self._send_depth(sub, *self._factory.broker.quote(sub.spec))
 
+    def resync(self, session: Session) -> None:
+        """Catch up ``session`` after it resumed reading: for every subscription that lost an
+        event, one spot event with both sides (and the bars in progress) and a new book."""
+        now_ms = self._factory.now_ms()
+        for subs in list(self._subs.values()):
+            for (owner, _), sub in list(subs.items()):
+                if owner is not session or not (sub.stale or sub.depth_stale):
+                    continue
+                bid, ask = self._walk.quote_at(sub.spec, now_ms)
+                if sub.stale:
+                    self._send_spot(sub, bid, ask, first=True, bars={}, now_ms=now_ms)
+                if sub.depth_stale and sub.depth is not None:
+                    self._send_depth(sub, bid, ask)
+
     # Ticking
 
     def tick(self) -> None:
@@ -157,6 +179,11 @@ class MarketFeed:
         bars: dict[int, m.ProtoOATrendbar] | None = None,
         now_ms: int = 0,
     ) -> None:
+        if sub.session.flow.paused:
+            sub.stale = True
+            self._factory.stats.market_events_dropped += 1
+            return
+        first = first or sub.stale
         event = m.ProtoOASpotEvent(ctidTraderAccountId=sub.account_id, symbolId=sub.spec.symbol_id)
         if first or bid != sub.bid:
             event.bid = sub.bid = bid
@@ -175,10 +202,17 @@ class MarketFeed:
                 event.trendbar.append(bar)
         if not (first or event.HasField("bid") or event.HasField("ask") or event.trendbar):
             return
-        self._factory.stats.spot_events_sent += 1
-        sub.session.push(event)
+        if sub.session.push_market(event):
+            sub.stale = False
+            self._factory.stats.spot_events_sent += 1
+        else:
+            sub.stale = True
 
     def _send_depth(self, sub: _Subscription, bid: int, ask: int) -> None:
+        if sub.session.flow.paused:
+            sub.depth_stale = True
+            self._factory.stats.market_events_dropped += 1
+            return
         spec, levels = sub.spec, self._factory.config.depth_levels
         event = m.ProtoOADepthEvent(ctidTraderAccountId=sub.account_id, symbolId=spec.symbol_id)
         event.deletedQuotes.extend(sub.depth or ())
@@ -191,8 +225,10 @@ class MarketFeed:
                 ids.append(self._depth_id)
                 quote = event.newQuotes.add(id=self._depth_id, size=size)
                 setattr(quote, side, price)
-        sub.depth = ids
-        sub.session.push(event)
+        if sub.session.push_market(event):
+            sub.depth, sub.depth_stale = ids, False
+        else:
+            sub.depth_stale = True
 
 
 def _validate(session: Session, account_id: int, ids: list[int], cmid: str | None) -> bool:

@@ -53,6 +53,11 @@ class SandboxStats:
     """Counters of a running sandbox (read them in tests and benchmarks).
 
     :ivar requests_by_payload_type: every inbound non-heartbeat frame, by payload type.
+    :ivar market_events_dropped: spot and depth events not sent because the client was not
+        reading (its transport was paused).
+    :ivar slow_readers_aborted: connections aborted for not reading (``slow_reader_timeout``
+        or ``slow_reader_backlog``).
+    :ivar close_timeouts: connections aborted because closing them took ``close_timeout``.
     """
 
     connections_total: int = 0
@@ -62,6 +67,9 @@ class SandboxStats:
     spot_events_sent: int = 0
     executions_sent: int = 0
     rate_limited: int = 0
+    market_events_dropped: int = 0
+    slow_readers_aborted: int = 0
+    close_timeouts: int = 0
     requests_by_payload_type: dict[int, int] = field(default_factory=dict)
     errors_by_code: dict[str, int] = field(default_factory=dict)
 

@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from .. import messages as m
 from ..errors import MalformedMessage
 from ..protocol import OpenApiProtocol
+from .flow import OutputFlow
 from .ratelimit import RateLimiter
 
 if TYPE_CHECKING:
@@ -45,13 +46,26 @@ CORRUPT_FRAME: Final = b"\x00\x00\x00\x06\xff\xff\xff\xff\xff\xff"
 
 
 class SandboxProtocol(OpenApiProtocol):
-    """The server side's framing: answers an oversize frame with ``FRAME_TOO_LONG`` first."""
+    """The server side's framing: answers an oversize frame with ``FRAME_TOO_LONG`` first, and
+    lets go of the session's producer before any clean close (a transport with a registered
+    producer never finishes closing)."""
 
     def lengthLimitExceeded(self, length: int) -> None:
         if self.transport is not None and self.close_reason is None:
             description = f"Message is too large ({length} bytes; limit {self.MAX_LENGTH})"
             self.send(m.ProtoErrorRes(errorCode="FRAME_TOO_LONG", description=description))
+            self._release_transport()
         super().lengthLimitExceeded(length)
+
+    def close(self, abort: bool = False) -> None:
+        if not abort:
+            self._release_transport()
+        super().close(abort)
+
+    def _release_transport(self) -> None:
+        release = getattr(self.handler, "release_transport", None)
+        if callable(release):
+            release()
 
 
 class Session:
@@ -59,6 +73,8 @@ class Session:
 
     :ivar protocol: the connection's protocol (tools may write raw frames through it).
     :ivar accounts: authorized account ids, with the access token each was authorized with.
+    :ivar flow: the producer registered on the transport; ``flow.paused`` while the client
+        is not taking the sandbox's output (market data is dropped meanwhile).
     """
 
     _log = Logger()
@@ -81,6 +97,13 @@ class Session:
         self._heartbeat: LoopingCall | None = None
         self._timers: list[IDelayedCall] = []
         self._idle_call: IDelayedCall | None = None
+        self.flow = OutputFlow(
+            self.clock,
+            timeout=self.config.slow_reader_timeout,
+            backlog_limit=self.config.slow_reader_backlog,
+            on_resume=self._resumed,
+            on_stuck=self._stuck,
+        )
 
     def __repr__(self) -> str:
         return f"<Session accounts={sorted(self.accounts)} received={self.received}>"
@@ -89,6 +112,7 @@ class Session:
 
     def connection_made(self, protocol: OpenApiProtocol) -> None:
         self.protocol = protocol
+        self.flow.register(protocol.transport)
         self.factory.session_opened(self)
         if self.config.heartbeat_interval > 0:
             self._heartbeat = LoopingCall(self._send_heartbeat)
@@ -120,6 +144,7 @@ class Session:
 
     def connection_lost(self, protocol: OpenApiProtocol, reason: Failure) -> None:
         self.closed = self.closing = True
+        self.flow.stopProducing()
         self._stop_timers()
         self.factory.session_closed(self)
 
@@ -180,6 +205,18 @@ class Session:
         """Send an unsolicited event at once."""
         self._write(message, None)
 
+    def push_market(self, message: Message) -> bool:
+        """Send a market-data event (spot, depth) unless the client is not reading.
+
+        :returns: whether it was written; a dropped event is counted in the stats, and the
+            market feed re-sends full prices when the client reads again.
+        """
+        if self.flow.paused:
+            self.factory.stats.market_events_dropped += 1
+            return False
+        self._write(message, None)
+        return True
+
     def error(
         self,
         code: str,
@@ -232,8 +269,10 @@ class Session:
         protocol = self.protocol
         if self.stalled or self.closed or protocol is None or protocol.transport is None:
             return
-        protocol.send(message, cmid)
+        body = m.encode_message(message, cmid)
+        protocol.send_raw(body)
         self.factory.stats.frames_sent += 1
+        self.flow.wrote(len(body) + 4)
 
     def _send_heartbeat(self) -> None:
         self.push(m.ProtoHeartbeatEvent())
@@ -241,10 +280,33 @@ class Session:
     # Ending and faults
 
     def close(self) -> None:
-        """Close the connection cleanly (pending output is flushed first)."""
-        if self.protocol is not None and not self.closing:
-            self.closing = True
-            self.protocol.close()
+        """Close the connection cleanly (pending output is flushed first).
+
+        Its subscriptions end at once.  If the close has not completed after
+        ``close_timeout`` (the peer takes neither the last bytes nor the TLS close), the
+        connection is aborted.
+        """
+        if self.protocol is None or self.closing:
+            return
+        self.closing = True
+        self.factory.feed.remove(self)
+        self.flow.unregister()
+        if self.config.close_timeout > 0:
+            self._later(self.config.close_timeout, self._close_expired)
+        self.protocol.close()
+
+    def release_transport(self) -> None:
+        """Unregister the session's producer from the transport (before a clean close)."""
+        self.flow.unregister()
+
+    def _close_expired(self) -> None:
+        if not self.closed:
+            self._log.warn(
+                "aborting a connection that did not finish closing in {timeout} s",
+                timeout=self.config.close_timeout,
+            )
+            self.factory.stats.close_timeouts += 1
+            self.drop()
 
     def drop(self) -> None:
         """Abort the connection at once."""
@@ -253,13 +315,28 @@ class Session:
             self.protocol.close(abort=True)
 
     def stall(self) -> None:
-        """Stop reading and writing without closing: the peer sees silence, no FIN."""
+        """Stop answering and writing without closing: the peer sees silence, no FIN.
+
+        Inbound bytes are still read and discarded, so the session ends when the peer gives
+        up (FIN or reset); its subscriptions and timers end at once.
+        """
         if self.stalled or self.closed:
             return
         self.stalled = True
         self._stop_timers()
-        if self.protocol is not None and self.protocol.transport is not None:
-            self.protocol.transport.pauseProducing()  # type: ignore[attr-defined]
+        self.flow.unregister()
+        self.factory.feed.remove(self)
+
+    def _resumed(self) -> None:
+        if not (self.stalled or self.closing):
+            self.factory.feed.resync(self)
+
+    def _stuck(self, reason: str) -> None:
+        self._log.warn(
+            "aborting a connection whose client stopped reading: {reason}", reason=reason
+        )
+        self.factory.stats.slow_readers_aborted += 1
+        self.drop()
 
     def _apply_message_faults(self) -> None:
         config, count = self.config, self.received

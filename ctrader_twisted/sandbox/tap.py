@@ -104,6 +104,27 @@ class Options(usage.Options):
             "'frequency' or 'blocked' (BLOCKED_PAYLOAD_TYPE + retryAfter).",
         ],
         ["max-frame", None, _DEFAULTS.max_frame, "Largest inbound frame in bytes.", _positive_int],
+        [
+            "slow-reader-timeout",
+            None,
+            _DEFAULTS.slow_reader_timeout,
+            "Abort a connection whose client reads nothing for this long (0: never).",
+            float,
+        ],
+        [
+            "slow-reader-backlog",
+            None,
+            _DEFAULTS.slow_reader_backlog,
+            "Abort a non-reading client after this many more bytes (0: no limit).",
+            _positive_int,
+        ],
+        [
+            "close-timeout",
+            None,
+            _DEFAULTS.close_timeout,
+            "Abort a connection still closing after this long (0: never).",
+            float,
+        ],
         ["response-delay", None, None, "Fault: delay every answer by this many seconds.", float],
         [
             "drop-after-messages",
@@ -134,6 +155,9 @@ class Options(usage.Options):
             raise usage.UsageError("--rate-limit-mode must be 'frequency' or 'blocked'")
         if self["tick-interval"] <= 0:
             raise usage.UsageError("--tick-interval must be positive")
+        for name in ("slow-reader-timeout", "close-timeout"):
+            if self[name] < 0:
+                raise usage.UsageError(f"--{name} must not be negative")
 
     def config(self) -> SandboxConfig:
         """The :class:`SandboxConfig` these options describe."""
@@ -151,6 +175,9 @@ class Options(usage.Options):
             historical_rate_limit=self["historical-rate-limit"],
             rate_limit_mode=self["rate-limit-mode"],
             max_frame=self["max-frame"],
+            slow_reader_timeout=self["slow-reader-timeout"],
+            slow_reader_backlog=self["slow-reader-backlog"],
+            close_timeout=self["close-timeout"],
             response_delay=self["response-delay"],
             drop_after_messages=self["drop-after-messages"],
             drop_after_seconds=self["drop-after-seconds"],

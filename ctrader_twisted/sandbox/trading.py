@@ -138,21 +138,45 @@ class OrderEngine:
     def fill(
         self, account: Account, order: Order, origin: Session | None, cmid: str | None
     ) -> None:
-        """Fill ``order`` at the current market price (opening or closing a position)."""
+        """Fill ``order`` at the current market price (opening or closing a position).
+
+        :raises TradeError: ``NOT_ENOUGH_MONEY`` (the order is then recorded as rejected).
+        """
         spec = SYMBOLS[order.symbol_id]
         bid, ask = self.broker.quote(spec)
         price = (ask if order.side == _BUY else bid) / 100_000
-        now = self._factory.now_ms()
         if order.closing:
             self._fill_closing(account, order, price, origin, cmid)
             return
+        now = self._factory.now_ms()
+        margin = self._reserve_margin(account, order, spec, now)
+        position = self._open_position(account, order, spec, price, now, margin)
+        deal = self._deal(account, order, price, now)
+        self._finish(account, order, price, now)
+        self.execution(
+            account, _X.ORDER_FILLED, origin, cmid, order=order, position=position, deal=deal
+        )
+        self._margin_changed(account, position)
+        self.refresh_watch(spec.symbol_id)
+
+    def _reserve_margin(self, account: Account, order: Order, spec: SymbolSpec, now: int) -> int:
+        """The margin ``order`` needs.
+
+        :raises TradeError: ``NOT_ENOUGH_MONEY``; the order is then moved to the history as
+            rejected.
+        """
         try:
-            margin = self.check_margin(account, spec, order.volume)
+            return self.check_margin(account, spec, order.volume)
         except TradeError:
             account.orders.pop(order.order_id, None)
             order.status, order.updated = _S.ORDER_STATUS_REJECTED, now
             account.order_history.append(order)
             raise
+
+    def _open_position(
+        self, account: Account, order: Order, spec: SymbolSpec, price: float, now: int, margin: int
+    ) -> Position:
+        """Open the position ``order`` fills, with its protection levels."""
         position = Position(
             self.broker.new_id(),
             account.account_id,
@@ -169,13 +193,7 @@ class OrderEngine:
         self._protect(spec, order, position)
         account.positions[position.position_id] = position
         order.position_id = position.position_id
-        deal = self._deal(account, order, price, now)
-        self._finish(account, order, price, now)
-        self.execution(
-            account, _X.ORDER_FILLED, origin, cmid, order=order, position=position, deal=deal
-        )
-        self._margin_changed(account, position)
-        self.refresh_watch(spec.symbol_id)
+        return position
 
     def check_margin(self, account: Account, spec: SymbolSpec, volume: int) -> int:
         """The margin ``volume`` of ``spec`` needs.
