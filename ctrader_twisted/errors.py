@@ -223,7 +223,7 @@ def error_from_message(message: Message) -> OpenApiError | None:
 
     Handles ``ProtoOAErrorRes`` (``maintenanceEndTimestamp`` in seconds), ``ProtoErrorRes``
     (in milliseconds), ``ProtoOAOrderErrorEvent`` and ``ProtoOAExecutionEvent`` of type
-    ``ORDER_REJECTED`` / ``ORDER_CANCEL_REJECTED`` or carrying an ``errorCode``.
+    ``ORDER_REJECTED`` / ``ORDER_CANCEL_REJECTED`` (its ``errorCode`` is the code when given).
     """
     name = message.DESCRIPTOR.name
     if name == "ProtoOAErrorRes":
