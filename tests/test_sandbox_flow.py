@@ -366,6 +366,19 @@ class VanishedPeerTests(SynchronousTestCase):
         self.assertEqual(peer.clock.getDelayedCalls(), [])
         self.assertEqual(len(logged(log, "did not finish closing")), 1)
 
+    def test_close_after_an_oversize_frame_is_bounded_too(self) -> None:
+        peer = Peer(**BUSY).ready().subscribe_everything()
+        peer.socket.vanished = True
+        peer.protocol.dataReceived(b"\x7f\xff\xff\xff")  # framing broken: the server closes
+        self.assertTrue(peer.session.closing)
+        self.assertIsNone(peer.factory.feed.find(peer.session, A, 1))
+        peer.run(9.9, step=0.1)
+        self.assertTrue(peer.socket.connected)
+        peer.run(0.2, step=0.1)
+        self.assertIsInstance(peer.socket.lost.value, ConnectionAborted)  # type: ignore[union-attr]
+        self.assertEqual(peer.factory.stats.close_timeouts, 1)
+        self.assertEqual(peer.clock.getDelayedCalls(), [])
+
     def test_vanished_subscriber_is_reaped(self) -> None:
         peer = Peer(**BUSY).ready().subscribe_everything()
         peer.socket.vanished = True

@@ -47,25 +47,25 @@ CORRUPT_FRAME: Final = b"\x00\x00\x00\x06\xff\xff\xff\xff\xff\xff"
 
 class SandboxProtocol(OpenApiProtocol):
     """The server side's framing: answers an oversize frame with ``FRAME_TOO_LONG`` first, and
-    lets go of the session's producer before any clean close (a transport with a registered
-    producer never finishes closing)."""
+    tells the session before any clean close (:meth:`Session.prepare_close`), however the close
+    was started."""
 
     def lengthLimitExceeded(self, length: int) -> None:
         if self.transport is not None and self.close_reason is None:
             description = f"Message is too large ({length} bytes; limit {self.MAX_LENGTH})"
             self.send(m.ProtoErrorRes(errorCode="FRAME_TOO_LONG", description=description))
-            self._release_transport()
+            self._prepare_close()
         super().lengthLimitExceeded(length)
 
     def close(self, abort: bool = False) -> None:
         if not abort:
-            self._release_transport()
+            self._prepare_close()
         super().close(abort)
 
-    def _release_transport(self) -> None:
-        release = getattr(self.handler, "release_transport", None)
-        if callable(release):
-            release()
+    def _prepare_close(self) -> None:
+        prepare = getattr(self.handler, "prepare_close", None)
+        if callable(prepare):
+            prepare()
 
 
 class Session:
@@ -97,6 +97,7 @@ class Session:
         self._heartbeat: LoopingCall | None = None
         self._timers: list[IDelayedCall] = []
         self._idle_call: IDelayedCall | None = None
+        self._close_prepared = False
         self.flow = OutputFlow(
             self.clock,
             timeout=self.config.slow_reader_timeout,
@@ -280,24 +281,22 @@ class Session:
     # Ending and faults
 
     def close(self) -> None:
-        """Close the connection cleanly (pending output is flushed first).
+        """Close the connection cleanly (pending output is flushed first)."""
+        if self.protocol is not None and not self.closing:
+            self.prepare_close()
+            self.protocol.close()
 
-        Its subscriptions end at once.  If the close has not completed after
-        ``close_timeout`` (the peer takes neither the last bytes nor the TLS close), the
-        connection is aborted.
-        """
-        if self.protocol is None or self.closing:
+    def prepare_close(self) -> None:
+        """A clean close is starting: end the subscriptions, unregister the producer (a
+        transport with a registered producer never finishes closing), and abort the
+        connection if the close has not completed after ``close_timeout``."""
+        if self._close_prepared or self.closed:
             return
-        self.closing = True
+        self._close_prepared = self.closing = True
         self.factory.feed.remove(self)
         self.flow.unregister()
         if self.config.close_timeout > 0:
             self._later(self.config.close_timeout, self._close_expired)
-        self.protocol.close()
-
-    def release_transport(self) -> None:
-        """Unregister the session's producer from the transport (before a clean close)."""
-        self.flow.unregister()
 
     def _close_expired(self) -> None:
         if not self.closed:
