@@ -99,6 +99,13 @@ class AccountMethods(TypedRequests):
             )
         return result
 
+    def accounts_authorized_with(self, access_token: str) -> frozenset[int]:
+        """The accounts this client holds (and restores) with ``access_token``.
+
+        An account the server dropped (its token invalidated or refused) is not included.
+        """
+        return frozenset(a for a, token in self._record.tokens.items() if token == access_token)
+
     # Subscriptions
 
     def subscribe_spots(
@@ -124,11 +131,19 @@ class AccountMethods(TypedRequests):
     ) -> Deferred[m.ProtoOAUnsubscribeSpotsRes]:
         """Unsubscribe from spot prices (a few events may still arrive afterwards).
 
+        Live trendbars and depth need spots, so the server ends them with the spots: they are
+        forgotten too and no reconnect restores them.
+
         :returns: a Deferred that fires with the ``ProtoOAUnsubscribeSpotsRes``; it fails like
             :meth:`request`.
         """
         symbols = list(symbol_ids)
         self._record.remove_spots(account_id, symbols)
+        self._record.remove_depth(account_id, symbols)
+        bars = self._record.trendbars.get(account_id)
+        if bars:
+            gone = set(symbols)
+            bars.difference_update([entry for entry in bars if entry[0] in gone])
         return self.request(
             m.ProtoOAUnsubscribeSpotsReq(ctidTraderAccountId=account_id, symbolId=symbols)
         )

@@ -7,7 +7,9 @@ listeners, and retries failed refreshes with a growing delay.
 
 The refresh itself is any ``Callable[[str], Deferred[Token]]``: ``OAuthClient.refresh`` (HTTP) or
 :func:`socket_refresh` (``ProtoOARefreshTokenReq`` over the client's connection; the client then
-re-authorizes its accounts).
+re-authorizes the accounts that used the old access token).  After an HTTP refresh nothing
+re-authorizes the client's accounts unless ``oauth.keep_client_authorized`` is attached to the
+refresher.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable
 from typing import Final, Protocol
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -27,6 +29,7 @@ from ctrader_twisted.tokens import Token, TokenStore
 __all__ = [
     "DEFAULT_REFRESH_MARGIN",
     "RefreshFunction",
+    "SocketRefresh",
     "SocketTokenClient",
     "TokenRefresher",
     "socket_refresh",
@@ -46,27 +49,59 @@ RefreshFunction = Callable[[str], Deferred[Token]]
 class SocketTokenClient(Protocol):
     """The part of ``ctrader_twisted.Client`` used by :func:`socket_refresh`."""
 
-    def refresh_token(self, refresh_token: str) -> Deferred[m.ProtoOARefreshTokenRes]:
-        """Send ``ProtoOARefreshTokenReq`` and re-authorize the client's accounts."""
+    def refresh_token(
+        self, refresh_token: str, *, access_token: str | None = None
+    ) -> Deferred[m.ProtoOARefreshTokenRes]:
+        """Send ``ProtoOARefreshTokenReq`` and re-authorize the accounts that used
+        ``access_token``."""
 
 
-def socket_refresh(client: SocketTokenClient, clock: IReactorTime) -> RefreshFunction:
-    """A refresh function that uses ``ProtoOARefreshTokenReq`` on ``client``'s connection.
+class SocketRefresh:
+    """A refresh function that sends ``ProtoOARefreshTokenReq`` on a client's connection.
 
-    ``expiresIn`` is documented as seconds; a value too large to be a lifetime is read as an
-    absolute POSIX time (milliseconds above 10^12, else seconds above 10^9).
+    Made by :func:`socket_refresh`.  :class:`TokenRefresher` calls :meth:`refresh` with the whole
+    current token, so the client re-authorizes exactly the accounts that used its access token
+    (also when other accounts hold other tokens).  Called as a plain function with a refresh
+    token only, the client re-authorizes its accounts only if they all share one token.
     """
 
-    def refresh(refresh_token: str) -> Deferred[Token]:
+    def __init__(self, client: SocketTokenClient, clock: IReactorTime) -> None:
+        self._client = client
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return "SocketRefresh()"
+
+    def __call__(self, refresh_token: str) -> Deferred[Token]:
+        return self.refresh(refresh_token)
+
+    def refresh(self, refresh_token: str, access_token: str | None = None) -> Deferred[Token]:
+        """Refresh on the socket; ``access_token`` is the token being replaced, if known.
+
+        :returns: a Deferred that fires with the new :class:`Token` once the client has
+            re-authorized its accounts; it fails like ``Client.refresh_token``.
+        """
+
         def to_token(res: m.ProtoOARefreshTokenRes) -> Token:
-            now = clock.seconds()
+            now = self._clock.seconds()
             expires_at = _expires_at(float(res.expiresIn), now)
             token_type = res.tokenType or "bearer"
             return Token(res.accessToken, res.refreshToken, expires_at, now, token_type)
 
-        return client.refresh_token(refresh_token).addCallback(to_token)
+        sent = self._client.refresh_token(refresh_token, access_token=access_token)
+        return sent.addCallback(to_token)
 
-    return refresh
+
+def socket_refresh(client: SocketTokenClient, clock: IReactorTime) -> SocketRefresh:
+    """A refresh function that uses ``ProtoOARefreshTokenReq`` on ``client``'s connection.
+
+    Given to a :class:`TokenRefresher`, each refresh tells the client which access token it
+    replaces, and the client re-authorizes the accounts that used it with the new one.
+
+    ``expiresIn`` is documented as seconds; a value too large to be a lifetime is read as an
+    absolute POSIX time (milliseconds above 10^12, else seconds above 10^9).
+    """
+    return SocketRefresh(client, clock)
 
 
 def _expires_at(expires_in: float, now: float) -> float:
@@ -112,6 +147,7 @@ class TokenRefresher(Service):
         self._timer: IDelayedCall | None = None
         self._in_flight: list[Deferred[Token]] | None = None
         self._listeners: list[Callable[[Token], object]] = []
+        self._before: list[Callable[[Token], object]] = []
         self.refresh_count = 0
         self.failure_count = 0
 
@@ -128,15 +164,32 @@ class TokenRefresher(Service):
         """Clock time of the next scheduled refresh, or ``None`` when none is scheduled."""
         return self._timer.getTime() if self._timer is not None else None
 
+    @property
+    def refreshing(self) -> bool:
+        """Whether a refresh is in progress."""
+        return self._in_flight is not None
+
     def on_refreshed(self, callback: Callable[[Token], object]) -> Callable[[], None]:
         """Call ``callback(token)`` after every successful refresh; returns a remover."""
-        self._listeners.append(callback)
+        return _add_listener(self._listeners, callback)
 
-        def remove() -> None:
-            if callback in self._listeners:
-                self._listeners.remove(callback)
+    def on_refreshing(self, callback: Callable[[Token], object]) -> Callable[[], None]:
+        """Call ``callback(old_token)`` just before each refresh attempt is sent (the old
+        token is still valid then); returns a remover."""
+        return _add_listener(self._before, callback)
 
-        return remove
+    def valid_token(self) -> Deferred[Token]:
+        """The current token if it has not expired yet, else a freshly refreshed one.
+
+        Authorize accounts with this rather than with :attr:`token` at start-up: with an
+        expired token the server would refuse them (``CH_ACCESS_TOKEN_INVALID``).
+
+        :returns: a Deferred that fires with a token that has not expired (at once when the
+            current one is still valid); it fails like :meth:`refresh_now`.
+        """
+        if self._in_flight is None and not self._token.is_expired(self._clock.seconds()):
+            return succeed(self._token)
+        return self.refresh_now()
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
@@ -166,7 +219,12 @@ class TokenRefresher(Service):
         return d
 
     async def _attempt(self) -> Token:
-        token = await self._refresh(self._token.refresh_token)
+        old = self._token
+        _notify(self._before, old, "Token listener (before refresh) failed")
+        if isinstance(self._refresh, SocketRefresh):
+            token = await self._refresh.refresh(old.refresh_token, old.access_token)
+        else:
+            token = await self._refresh(old.refresh_token)
         if self._store is not None:
             try:
                 await self._store.save(token)
@@ -187,11 +245,7 @@ class TokenRefresher(Service):
         )
         if self.running:
             self._schedule(self._refresh_delay())
-        for listener in list(self._listeners):
-            try:
-                listener(token)
-            except Exception:
-                self._log.failure("Token listener failed")
+        _notify(self._listeners, token, "Token listener failed")
         self._settle(lambda d: d.callback(token))
 
     def _failed(self, failure: Failure) -> None:
@@ -229,3 +283,23 @@ class TokenRefresher(Service):
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
             timer.cancel()
+
+
+def _add_listener(
+    listeners: list[Callable[[Token], object]], callback: Callable[[Token], object]
+) -> Callable[[], None]:
+    listeners.append(callback)
+
+    def remove() -> None:
+        if callback in listeners:
+            listeners.remove(callback)
+
+    return remove
+
+
+def _notify(listeners: list[Callable[[Token], object]], token: Token, what: str) -> None:
+    for listener in list(listeners):
+        try:
+            listener(token)
+        except Exception:
+            TokenRefresher._log.failure(what)

@@ -9,7 +9,8 @@ The flow (see ``docs/oauth.md``):
 3. :meth:`OAuthClient.exchange_code` trades the code (valid for one minute) for a
    :class:`~ctrader_twisted.tokens.Token`;
 4. :meth:`OAuthClient.refresh` (HTTP) or ``Client.refresh_token`` (on the socket) renews it;
-   :class:`TokenRefresher` does that ahead of expiry.
+   :class:`TokenRefresher` does that ahead of expiry, and :func:`keep_client_authorized`
+   authorizes a client's accounts again with each new token.
 
 Every failure is an :class:`OAuthError` (or a subclass), whether the token endpoint answered with
 an HTTP error, with ``errorCode`` in a JSON body on HTTP 200, with something unparsable, too
@@ -24,6 +25,7 @@ from collections.abc import Mapping
 from typing import Final
 from urllib.parse import quote, urlencode
 
+from treq import collect
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError, DNSLookupError
@@ -34,6 +36,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 
+from ctrader_twisted._oauth_accounts import AccountKeeper, keep_client_authorized
 from ctrader_twisted._oauth_errors import (
     OAuthConnectionError,
     OAuthError,
@@ -42,13 +45,14 @@ from ctrader_twisted._oauth_errors import (
     StateMismatch,
 )
 from ctrader_twisted._oauth_redirect import RedirectCatcher, RedirectResult
-from ctrader_twisted._oauth_refresh import TokenRefresher, socket_refresh
+from ctrader_twisted._oauth_refresh import SocketRefresh, TokenRefresher, socket_refresh
 from ctrader_twisted.tokens import Token, TokenStore, default_token_path
 
 __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_HTTP_TIMEOUT",
     "SCOPES",
+    "AccountKeeper",
     "OAuthClient",
     "OAuthConnectionError",
     "OAuthError",
@@ -56,11 +60,13 @@ __all__ = [
     "OAuthTimeout",
     "RedirectCatcher",
     "RedirectResult",
+    "SocketRefresh",
     "StateMismatch",
     "Token",
     "TokenRefresher",
     "TokenStore",
     "default_token_path",
+    "keep_client_authorized",
     "new_state",
     "parse_token_response",
     "socket_refresh",
@@ -186,8 +192,16 @@ class OAuthClient:
 
     async def _fetch(self, url: str) -> Token:
         response = await self._http.get(url, headers=Headers({b"Accept": [b"application/json"]}))
-        body = await response.content()
-        return parse_token_response(response.code, body[:_MAX_BODY], self._clock.seconds())
+        body = _CappedBody(_MAX_BODY)
+        try:
+            await collect(response, body)
+        except _BodyTooLarge:
+            if response.code == 200:
+                raise OAuthError(
+                    "INVALID_RESPONSE", f"the token endpoint's answer exceeds {_MAX_BODY} bytes"
+                ) from None
+            # an error status: its first bytes may still name the error
+        return parse_token_response(response.code, body.data(), self._clock.seconds())
 
     def _timed_out(self, result: object, timeout: float) -> Token:
         raise OAuthTimeout("TIMEOUT", f"no answer within {timeout:g} s")
@@ -201,6 +215,29 @@ class OAuthClient:
         if isinstance(error, ConnectError | DNSLookupError | ResponseFailed):
             raise OAuthConnectionError("CONNECTION_FAILED", type(error).__name__) from None
         raise OAuthError("UNEXPECTED", type(error).__name__) from None
+
+
+class _BodyTooLarge(Exception):
+    """The response body went past the cap (reading stopped and the connection was closed)."""
+
+
+class _CappedBody:
+    """A ``treq.collect`` collector that keeps at most ``cap`` bytes, then stops the transfer."""
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def __call__(self, chunk: bytes) -> None:
+        room = self._cap - self._size
+        self._parts.append(chunk[:room])
+        self._size += min(len(chunk), room)
+        if len(chunk) > room:
+            raise _BodyTooLarge()
+
+    def data(self) -> bytes:
+        return b"".join(self._parts)
 
 
 def parse_token_response(status: int, body: bytes, now: float) -> Token:

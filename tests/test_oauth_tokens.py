@@ -148,10 +148,14 @@ class TokenStoreThreadTests(TestCase):
 class FakeSocketClient:
     def __init__(self) -> None:
         self.seen: list[str] = []
+        self.replaced: list[str | None] = []
         self.expires_in = 2628000
 
-    def refresh_token(self, refresh_token: str) -> Deferred[m.ProtoOARefreshTokenRes]:
+    def refresh_token(
+        self, refresh_token: str, *, access_token: str | None = None
+    ) -> Deferred[m.ProtoOARefreshTokenRes]:
         self.seen.append(refresh_token)
+        self.replaced.append(access_token)
         n = len(self.seen)
         return succeed(
             m.ProtoOARefreshTokenRes(
@@ -234,12 +238,17 @@ class RefresherTests(SynchronousTestCase):
         new = self.successResultOf(refresher.refresh_now())
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
         self.assertEqual(client.seen, [f"{REFRESH}-0"])
+        self.assertEqual(client.replaced, [f"{ACCESS}-0"])  # the client knows what to replace
         self.assertEqual(new, Token("sock-access-1", "sock-refresh-1", 10 + 2628000, 10))
         self.assertEqual(seen, [new])
         remove()
         client.expires_in = 1_800_000_000_000  # an absolute time in ms is tolerated
         self.assertEqual(self.successResultOf(refresher.refresh_now()).expires_at, 1.8e9)
+        self.assertEqual(client.replaced, [f"{ACCESS}-0", "sock-access-1"])
         self.assertEqual(seen, [new])
+        # called as a plain function, the old access token is unknown
+        self.successResultOf(socket_refresh(client, clock)("sock-refresh-2"))
+        self.assertEqual(client.replaced[-1], None)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
 
     def test_failed_save_keeps_token_in_memory(self) -> None:
