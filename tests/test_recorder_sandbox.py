@@ -1,175 +1,20 @@
 """The recorder against the sandbox with dropped connections and a restart; then the database.
 
-Client, sandbox and recorder share one ``Clock`` and talk through iosim, so 20 minutes of
-market time take about a second; the SQLite store runs in its real worker thread (the real
-reactor delivers its results between clock steps).
+The world (one clock, the sandbox in memory, recorder processes) is in ``recorder_support``;
+here the store is SQLite.  ``test_recorder_postgres`` runs the same against PostgreSQL.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar, cast
 
-from twisted.application.service import MultiService
-from twisted.internet import reactor as _global_reactor
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IProtocolFactory, IReactorCore
-from twisted.internet.task import Clock, deferLater
-from twisted.test import iosim
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
-from ctrader_twisted.client import Client
-from ctrader_twisted.history import fetch_trendbars
-from ctrader_twisted.recorder._live import bar_row
-from ctrader_twisted.recorder.service import Recorder, RecorderConfig
 from ctrader_twisted.recorder.storage import MarketStore, open_sqlite
-from ctrader_twisted.sandbox import (
-    DEFAULT_ACCESS_TOKEN,
-    DEFAULT_CLIENT_ID,
-    DEFAULT_CLIENT_SECRET,
-    SandboxConfig,
-    SandboxFactory,
-)
-
-reactor = cast(IReactorCore, _global_reactor)
-START = 1_700_000_000.0  # a Tuesday: FX markets are open
-ACCOUNT = 5000001
-EURUSD = 1
-M1 = 1
-_T = TypeVar("_T")
-
-
-class SandboxEndpoint:
-    """Connect clients to a sandbox factory in memory (iosim)."""
-
-    def __init__(self, factory: SandboxFactory) -> None:
-        self.factory = factory
-        self.pumps: list[iosim.IOPump] = []
-
-    def connect(self, client_factory: IProtocolFactory) -> Deferred[Any]:
-        client = client_factory.buildProtocol(None)
-        server = self.factory.buildProtocol(None)
-        pump = iosim.connect(
-            server,
-            iosim.FakeTransport(server, isServer=True),
-            client,
-            iosim.FakeTransport(client, isServer=False),
-            greet=False,
-        )
-        self.pumps.append(pump)
-        return succeed(client)
-
-    def flush(self) -> None:
-        for _ in range(50):
-            moved = False
-            for pump in self.pumps:
-                moved = pump.pump() or moved
-            self.pumps = [p for p in self.pumps if not _closed(p)]
-            if not moved:
-                return
-
-
-class World:
-    """One clock, one sandbox, and recorder processes that come and go."""
-
-    def __init__(self, case: TestCase, db: Path) -> None:
-        self.case = case
-        self.db = db
-        self.clock = Clock()
-        self.clock.advance(START)
-        config = SandboxConfig(seed=3, tick_interval=1.0, always_open=True, idle_timeout=0)
-        self.factory = SandboxFactory(config, self.clock)
-        self.endpoint = SandboxEndpoint(self.factory)
-        self.top: MultiService | None = None
-        self.recorder: Recorder | None = None
-        self.reconnects = 0
-        self.db_busy = 0
-        original = MarketStore._run
-
-        def tracked(store: MarketStore, work: Callable[[Any], _T]) -> Deferred[_T]:
-            self.db_busy += 1
-            d = original(store, work)
-
-            def done(result: object) -> object:
-                self.db_busy -= 1
-                return result
-
-            return d.addBoth(done)  # type: ignore[return-value]
-
-        case.patch(MarketStore, "_run", tracked)
-
-    def start_recorder(self) -> None:
-        client = Client(
-            self.endpoint,  # type: ignore[arg-type]
-            client_id=DEFAULT_CLIENT_ID,
-            client_secret=DEFAULT_CLIENT_SECRET,
-            reactor=self.clock,
-            reconnect_initial_delay=0.5,
-            reconnect_max_delay=2.0,
-            reconnect_jitter=0.0,
-        )
-        config = RecorderConfig(
-            account_id=ACCOUNT,
-            access_token=DEFAULT_ACCESS_TOKEN,
-            symbols=("EURUSD",),
-            periods=(M1,),
-            history_minutes=5,
-            status_interval=60.0,
-            max_batch_delay=5.0,
-        )
-
-        def opener() -> Deferred[MarketStore]:
-            return open_sqlite(reactor, self.db)
-
-        self.recorder = Recorder(client, opener, config, self.clock)
-        self.top = MultiService()
-        client.setServiceParent(self.top)
-        self.recorder.setServiceParent(self.top)
-        self.top.startService()
-        self.client = client
-
-    async def stop_recorder(self) -> None:
-        assert self.top is not None
-        await self.wait(self.top.stopService())
-        self.reconnects += self.client.reconnect_count
-        self.top = None
-
-    async def wait(self, d: Deferred[_T], limit: int = 400) -> _T:
-        """Step the world (0.5 s at a time, bounded) until ``d`` has a result."""
-        for _ in range(limit):
-            if d.called:
-                break
-            await self.step(0.5)
-        return await d
-
-    async def step(self, seconds: float) -> None:
-        """Advance the clock, move the bytes, and let the database catch up (bounded)."""
-        self.clock.advance(seconds)
-        self.endpoint.flush()
-        for attempt in range(500):
-            await deferLater(reactor, 0.01 if attempt else 0, lambda: None)
-            if self.db_busy == 0:
-                break
-        self.endpoint.flush()
-
-    async def run(self, seconds: float, drop_every: float | None = None) -> None:
-        elapsed, since_drop = 0.0, 0.0
-        while elapsed < seconds:
-            await self.step(0.5)
-            elapsed += 0.5
-            since_drop += 0.5
-            if drop_every is not None and since_drop >= drop_every:
-                since_drop = 0.0
-                self.factory.drop_all()
-                self.endpoint.flush()
-
-
-def _closed(pump: iosim.IOPump) -> bool:
-    return bool(pump.clientIO.disconnected and pump.serverIO.disconnected)
+from tests.recorder_support import World, assert_series_whole, reactor
 
 
 def temp_db(case: TestCase) -> Path:
@@ -182,7 +27,12 @@ class RecorderUnderFaultsTests(TestCase):
     timeout = 120
 
     async def test_drops_and_restart_leave_no_gaps_or_duplicates(self) -> None:
-        world = World(self, temp_db(self))
+        db = temp_db(self)
+
+        def opener() -> Deferred[MarketStore]:
+            return open_sqlite(reactor, db)
+
+        world = World(self, opener)
         world.start_recorder()
         await world.run(7 * 60, drop_every=23)
         await world.stop_recorder()
@@ -193,45 +43,9 @@ class RecorderUnderFaultsTests(TestCase):
         self.assertGreater(world.recorder.backfills_done, 5)
         await world.stop_recorder()
         self.assertGreaterEqual(world.reconnects, 20)
-        end = world.clock.seconds()
 
-        store = await open_sqlite(reactor, world.db)
+        store = await open_sqlite(reactor, db)
         self.addCleanup(store.close)
-        stored = await store.bars(EURUSD, M1)
-        times = [b.time_minutes for b in stored]
-        self.assertLessEqual(times[0], int(START // 60) - 4)  # the initial history is there
-        self.assertEqual(times, sorted(set(times)))  # in order, each bar once
-
-        expected = await self.sandbox_bars(world, stored[0].time_minutes, end)
-        closed = [b for b in expected if (b.time_minutes + 1) * 60 <= end - 60]
-        got = {b.time_minutes: b for b in stored}
-        missing = [b.time_minutes for b in closed if b.time_minutes not in got]
-        self.assertEqual(missing, [])
-        for bar in closed:
-            self.assertEqual(_ohlcv(got[bar.time_minutes]), _ohlcv(bar))
-        self.assertGreaterEqual(len(closed), 18)
+        await assert_series_whole(self, world, store)
         counts = await store.counts()
         self.assertGreater(counts["spots"], 500)
-
-    async def sandbox_bars(self, world: World, first_minute: int, end: float) -> list[Any]:
-        """Ask the sandbox itself (over a fresh client) for the reference history."""
-        client = Client(
-            world.endpoint,  # type: ignore[arg-type]
-            client_id=DEFAULT_CLIENT_ID,
-            client_secret=DEFAULT_CLIENT_SECRET,
-            reactor=world.clock,
-        )
-        client.startService()
-        await world.wait(client.when_ready())
-        await world.wait(client.authorize_account(ACCOUNT, DEFAULT_ACCESS_TOKEN))
-        start = datetime.fromtimestamp(first_minute * 60, tz=timezone.utc)
-        stop = datetime.fromtimestamp(end, tz=timezone.utc)
-        bars = await world.wait(fetch_trendbars(client, ACCOUNT, EURUSD, M1, start, stop))
-        stopping = client.stopService()
-        world.endpoint.flush()
-        await stopping
-        return [bar_row(EURUSD, bar, "history") for bar in bars]
-
-
-def _ohlcv(row: Any) -> tuple[int, ...]:
-    return (row.time_minutes, row.open, row.high, row.low, row.close, row.volume)

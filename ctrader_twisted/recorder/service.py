@@ -10,6 +10,8 @@ gaps; bars are upserted on (symbol, period, open time), so it has no duplicates 
 closed bars are stored: a live bar is final once the next one starts, and each closed live bar
 is then confirmed from history (its last live update may miss ticks that did not move the price).
 
+When the database cannot be opened (a server not up yet), the recorder retries every few
+seconds; when it fails under a backfill, that series is backfilled again a few seconds later.
 A status line is logged every ``status_interval`` seconds.  Stopping the service flushes every
 queued row and closes the database.
 """
@@ -24,7 +26,7 @@ from typing import Final, Protocol, TypeVar
 from google.protobuf.message import Message
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -41,7 +43,7 @@ from ctrader_twisted.history import iter_trendbars
 from ctrader_twisted.recorder._live import LiveBars, bar_row, depth_rows, spot_row
 from ctrader_twisted.recorder._rows import BarRow, bar_close_minute
 from ctrader_twisted.recorder._writer import BatchWriter
-from ctrader_twisted.recorder.storage import MarketStore
+from ctrader_twisted.recorder.storage import MarketStore, StorageError
 
 __all__ = ["Recorder", "RecorderClient", "RecorderConfig"]
 
@@ -85,7 +87,8 @@ class RecorderConfig:
     :ivar depth: also record depth of market.
     :ivar history_minutes: on an empty database, backfill this many minutes before now.
     :ivar status_interval: seconds between status lines.
-    :ivar max_batch_rows: rows per database transaction at most.
+    :ivar max_batch_rows: a batch is written as soon as it holds this many rows (rows that
+        arrive while a write is running join the next batch, which may grow past this).
     :ivar max_batch_delay: seconds a row may wait before its batch is written.
     """
 
@@ -133,6 +136,7 @@ class Recorder(Service):
         self._ready_for_backfill = False
         self._backfill_queue: list[tuple[int, int]] = []
         self._backfilling: Deferred[None] | None = None
+        self._backfill_retries: dict[tuple[int, int], IDelayedCall] = {}
         self._steps_done: set[str] = set()
         self._newest_queued: dict[tuple[int, int], int] = {}
         self.events_received = 0
@@ -155,7 +159,7 @@ class Recorder(Service):
         return Deferred.fromCoroutine(self._stop())
 
     async def _start(self) -> None:
-        self.store = await self._open_store()
+        self.store = await self._open_store_retrying()
         self.writer = BatchWriter(
             self.store,
             self._clock,
@@ -181,6 +185,16 @@ class Recorder(Service):
         if self.running:
             self._ready_for_backfill = True
             self._queue_backfill_all()
+
+    async def _open_store_retrying(self) -> MarketStore:
+        while True:
+            try:
+                return await self._open_store()
+            except StorageError as error:
+                self._log.warn(
+                    "{error}; retrying in {delay} s", error=str(error), delay=_SETUP_RETRY
+                )
+            await deferLater(self._clock, _SETUP_RETRY)
 
     def _setup_failed(self, failure: Failure) -> None:
         if not isinstance(failure.value, CancelledError):
@@ -235,6 +249,9 @@ class Recorder(Service):
         self._removers.clear()
         if self._setup is not None:
             self._setup.cancel()
+        for retry in self._backfill_retries.values():
+            retry.cancel()
+        self._backfill_retries.clear()
         if self._backfilling is not None:
             # Ends soon: the loop stops after this series, and if the client is stopping too
             # its requests fail at once (the failure is logged and nothing is lost).
@@ -312,7 +329,10 @@ class Recorder(Service):
         if (symbol_id, period) not in self._backfill_queue:
             self._backfill_queue.append((symbol_id, period))
         if self._backfilling is None:
-            self._backfilling = Deferred.fromCoroutine(self._run_backfills())
+            running = Deferred.fromCoroutine(self._run_backfills())
+            # It may have finished already (every await answered at once): then its ``finally``
+            # ran before this assignment, and keeping it would block every later backfill.
+            self._backfilling = None if running.called else running
 
     async def _run_backfills(self) -> None:
         try:
@@ -320,6 +340,15 @@ class Recorder(Service):
                 symbol_id, period = self._backfill_queue.pop(0)
                 try:
                     count = await self._backfill(symbol_id, period)
+                except StorageError as error:
+                    self._log.warn(
+                        "Backfill of {symbol} failed ({error}); retrying in {delay} s",
+                        symbol=self.symbol_ids.get(symbol_id, symbol_id),
+                        error=str(error),
+                        delay=_SETUP_RETRY,
+                    )
+                    self._retry_backfill_later(symbol_id, period)
+                    continue
                 except CTraderError as error:
                     self._log.warn(
                         "Backfill of {symbol} interrupted ({error}); it resumes after reconnect",
@@ -331,6 +360,18 @@ class Recorder(Service):
                 self._log.debug("Backfilled {count} bar(s)", count=count)
         finally:
             self._backfilling = None
+
+    def _retry_backfill_later(self, symbol_id: int, period: int) -> None:
+        key = (symbol_id, period)
+        if key not in self._backfill_retries:
+            self._backfill_retries[key] = self._clock.callLater(
+                _SETUP_RETRY, self._retry_backfill, key
+            )
+
+    def _retry_backfill(self, key: tuple[int, int]) -> None:
+        del self._backfill_retries[key]
+        if self.running:
+            self._queue_backfill(*key)
 
     async def _backfill(self, symbol_id: int, period: int) -> int:
         """Fetch closed bars from the newest stored one (inclusive) up to now."""

@@ -2,9 +2,10 @@
 
 Both databases run behind :class:`twisted.enterprise.adbapi.ConnectionPool` with exactly one
 connection and one worker thread, so every write happens off the reactor thread and in the order
-it was queued.  SQLite runs in WAL mode (readers never block the writer) with
-``synchronous=NORMAL``.  PostgreSQL needs the optional ``psycopg`` package
-(``pip install 'psycopg[binary]'``).
+it was queued.  Every failure reaches the caller as :class:`StorageError`.  SQLite runs in WAL
+mode (readers never block the writer) with ``synchronous=NORMAL``.  PostgreSQL needs the optional
+``psycopg`` package (``pip install 'psycopg[binary]'``); a lost connection (server restart,
+killed session) fails the operation that finds it, and the next operation connects again.
 
 Schema (prices are integers in 1/100000 of a price unit, times are UTC):
 
@@ -22,13 +23,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import import_module
+from os import environ
 from pathlib import Path
-from typing import Final, Literal, Protocol, TypeVar, cast
+from typing import Final, Literal, NoReturn, Protocol, TypeVar, cast
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ctrader_twisted.errors import CTraderError
 from ctrader_twisted.recorder._rows import BarRow, DepthRow, SpotRow
@@ -50,7 +53,7 @@ _TABLES: Final = (
     " received_ms BIGINT NOT NULL, quote_id BIGINT NOT NULL, side TEXT NOT NULL,"
     " price BIGINT, size BIGINT)",
     "CREATE INDEX IF NOT EXISTS depth_by_symbol_time ON depth (symbol_id, received_ms)",
-    "CREATE VIEW {or_replace} bars_decimal AS SELECT b.symbol_id, s.name, b.period,"
+    "CREATE {view} bars_decimal AS SELECT b.symbol_id, s.name, b.period,"
     " {time_text} AS opened_utc, b.time_minutes,"
     " b.open / 100000.0 AS open, b.high / 100000.0 AS high, b.low / 100000.0 AS low,"
     " b.close / 100000.0 AS close, b.volume, b.source"
@@ -58,14 +61,18 @@ _TABLES: Final = (
 )
 _SQLITE: Final = {
     "serial": "INTEGER PRIMARY KEY",
-    "or_replace": "IF NOT EXISTS",
+    "view": "VIEW IF NOT EXISTS",
     "time_text": "datetime(b.time_minutes * 60, 'unixepoch')",
 }
 _POSTGRES: Final = {
     "serial": "BIGSERIAL PRIMARY KEY",
-    "or_replace": "OR REPLACE",
+    "view": "OR REPLACE VIEW",
     "time_text": "to_timestamp(b.time_minutes * 60)",
 }
+_PG_DEFAULTS: Final = (  # (libpq parameter, its environment variable, our default)
+    ("connect_timeout", "PGCONNECT_TIMEOUT", 10),
+    ("application_name", "PGAPPNAME", "ctrader-recorder"),
+)
 _UPSERT_BAR: Final = (
     "INSERT INTO bars (symbol_id, period, time_minutes, open, high, low, close, volume, source)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (symbol_id, period, time_minutes) DO UPDATE"
@@ -111,7 +118,9 @@ class Batch:
 class MarketStore:
     """Typed access to the recorder database; every method runs in the pool's one thread.
 
-    Build it with :func:`open_sqlite` or :func:`open_postgres`.
+    Build it with :func:`open_sqlite` or :func:`open_postgres`.  Every method returns a Deferred
+    that fails with :class:`StorageError` (wrapping the driver's error) when the database does;
+    on a closed store the methods raise :class:`StorageError` at once.
     """
 
     _log = Logger()
@@ -130,14 +139,21 @@ class MarketStore:
 
     def _run(self, work: Callable[[_Cursor], _T]) -> Deferred[_T]:
         if self._closed:
-            raise StorageError("the store is closed")
-        d = self._pool.runInteraction(work)  # type: ignore[no-untyped-call]
-        return cast("Deferred[_T]", d)
+            raise StorageError(f"{self.description} is closed")
+        d = cast("Deferred[_T]", self._pool.runInteraction(work))  # type: ignore[no-untyped-call]
+        return d.addErrback(self._failed)
+
+    def _failed(self, failure: Failure) -> NoReturn:
+        error = failure.value
+        if isinstance(error, StorageError):
+            raise error
+        raise StorageError(f"{self.description}: {type(error).__name__}: {error}") from error
 
     def create_schema(self, dialect: dict[str, str]) -> Deferred[None]:
         """Create missing tables, indexes and the view.
 
-        :returns: a Deferred firing with ``None`` when done; it fails with the driver's error.
+        :returns: a Deferred firing with ``None`` when done; it fails with
+            :class:`StorageError`.
         """
 
         def work(cursor: _Cursor) -> None:
@@ -149,8 +165,10 @@ class MarketStore:
     def write(self, batch: Batch) -> Deferred[int]:
         """Write ``batch`` in one transaction.
 
-        :returns: a Deferred firing with the number of rows written; it fails with the driver's
-            error (the transaction is rolled back, nothing of the batch is stored).
+        :returns: a Deferred firing with the number of rows written; it fails with
+            :class:`StorageError` (the transaction is rolled back, nothing of the batch is
+            stored, unless the connection was lost while committing: then the commit may or may
+            not have happened).
         """
         spots = [(s.symbol_id, s.received_ms, s.server_ms, s.bid, s.ask) for s in batch.spots]
         bars = [
@@ -174,7 +192,10 @@ class MarketStore:
         return self._run(work)
 
     def save_symbols(self, names: dict[int, str]) -> Deferred[None]:
-        """Upsert symbol names (for the ``bars_decimal`` view and for readers)."""
+        """Upsert symbol names (for the ``bars_decimal`` view and for readers).
+
+        :returns: a Deferred firing with ``None``; it fails with :class:`StorageError`.
+        """
         rows = sorted(names.items())
 
         def work(cursor: _Cursor) -> None:
@@ -184,7 +205,11 @@ class MarketStore:
         return self._run(work)
 
     def last_bar_minute(self, symbol_id: int, period: int) -> Deferred[int | None]:
-        """Open time (minutes since epoch) of the newest stored bar, or ``None``."""
+        """Open time (minutes since epoch) of the newest stored bar of one series.
+
+        :returns: a Deferred firing with that minute, or ``None`` when the series is empty; it
+            fails with :class:`StorageError`.
+        """
         sql = self._sql("SELECT MAX(time_minutes) FROM bars WHERE symbol_id = ? AND period = ?")
 
         def work(cursor: _Cursor) -> int | None:
@@ -195,7 +220,11 @@ class MarketStore:
         return self._run(work)
 
     def bars(self, symbol_id: int, period: int) -> Deferred[list[BarRow]]:
-        """Every stored bar of one series, oldest first."""
+        """Every stored bar of one series.
+
+        :returns: a Deferred firing with the bars, oldest first; it fails with
+            :class:`StorageError`.
+        """
         sql = self._sql(
             "SELECT symbol_id, period, time_minutes, open, high, low, close, volume, source"
             " FROM bars WHERE symbol_id = ? AND period = ? ORDER BY time_minutes"
@@ -208,7 +237,11 @@ class MarketStore:
         return self._run(work)
 
     def counts(self) -> Deferred[dict[str, int]]:
-        """Row counts of ``spots``, ``bars`` and ``depth``."""
+        """Row counts of ``spots``, ``bars`` and ``depth``.
+
+        :returns: a Deferred firing with ``{table: count}``; it fails with
+            :class:`StorageError`.
+        """
 
         def work(cursor: _Cursor) -> dict[str, int]:
             result = {}
@@ -268,27 +301,59 @@ def open_sqlite(reactor: IReactorCore, path: Path | str) -> Deferred[MarketStore
 
 
 def open_postgres(reactor: IReactorCore, dsn: str) -> Deferred[MarketStore]:
-    """Open a PostgreSQL database with ``psycopg`` (optional dependency).
+    """Open a PostgreSQL database with ``psycopg`` 3 (optional dependency).
 
-    :param dsn: a libpq connection string, e.g. ``"postgresql://user@host/market"``.
+    Connecting gives up after 10 seconds unless ``dsn`` sets ``connect_timeout``; the session's
+    ``application_name`` is ``ctrader-recorder`` unless ``dsn`` sets one.  A lost connection is
+    replaced on the next operation (the one that found it lost fails).
+
+    :param dsn: a libpq connection string, e.g. ``"postgresql://user@host/market"`` or
+        ``"host=dbhost dbname=market user=recorder"``; its password never appears in the
+        store's description, logs or errors.
     :returns: a Deferred firing with the :class:`MarketStore` once the schema exists; it fails
-        with :class:`StorageError` when ``psycopg`` is missing or the connection fails.
+        with :class:`StorageError` when the connection fails or the schema cannot be created.
+    :raises StorageError: at once, when ``psycopg`` is missing or ``dsn`` is malformed.
     """
     try:
-        import_module("psycopg")
+        conninfo = import_module("psycopg.conninfo")
     except ImportError:
         raise StorageError("PostgreSQL needs psycopg: pip install 'psycopg[binary]'") from None
+    try:
+        params = cast("dict[str, object]", conninfo.conninfo_to_dict(dsn))
+    except Exception:  # the driver's message may quote part of the string, password included
+        raise StorageError("malformed PostgreSQL connection string") from None
+    options = {
+        name: value
+        for name, variable, value in _PG_DEFAULTS
+        if name not in params and variable not in environ
+    }
     pool = adbapi.ConnectionPool(  # type: ignore[no-untyped-call]
-        "psycopg", dsn, cp_min=1, cp_max=1, cp_reactor=reactor, cp_noisy=False
+        "psycopg",
+        dsn,
+        cp_min=1,
+        cp_max=1,
+        cp_reconnect=True,
+        cp_good_sql="SELECT 1",
+        cp_reactor=reactor,
+        cp_noisy=False,
+        **options,
     )
-    return _prepared(MarketStore(pool, placeholder="%s", description="postgresql"), _POSTGRES)
+    store = MarketStore(pool, placeholder="%s", description=_pg_description(params))
+    return _prepared(store, _POSTGRES)
+
+
+def _pg_description(params: dict[str, object]) -> str:
+    """``postgresql://user@host:port/dbname`` from the parts given (never the password)."""
+    user = f"{params['user']}@" if params.get("user") else ""
+    host = str(params.get("host") or params.get("hostaddr") or "")
+    port = f":{params['port']}" if params.get("port") else ""
+    return f"postgresql://{user}{host}{port}/{params.get('dbname') or ''}"
 
 
 def _prepared(store: MarketStore, dialect: dict[str, str]) -> Deferred[MarketStore]:
-    def failed(failure: object) -> MarketStore:
+    def failed(failure: Failure) -> MarketStore:
         store.close()
-        error = getattr(failure, "value", failure)
-        raise StorageError(f"cannot open {store.description}: {type(error).__name__}: {error}")
+        raise StorageError(f"cannot open {failure.value}") from failure.value
 
     d = store.create_schema(dialect)
     return d.addCallbacks(lambda _: store, failed)
