@@ -12,13 +12,20 @@ from urllib.parse import parse_qs, urlsplit
 from treq.client import HTTPClient
 from twisted.internet import reactor as _global_reactor
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorThreads, IReactorTime
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IPullProducer,
+    IReactorTCP,
+    IReactorThreads,
+    IReactorTime,
+)
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
 
 from ctrader_twisted.oauth import (
     OAuthClient,
@@ -75,6 +82,49 @@ class TokenEndpoint(Resource):
         request.setResponseCode(status)
         request.setHeader(b"Content-Type", b"application/json")
         return body
+
+
+@implementer(IPullProducer)
+class _Endless:
+    """Writes ``prefix`` and then spaces forever, as fast as the client takes them."""
+
+    def __init__(self, request: Request, prefix: bytes) -> None:
+        self.request = request
+        self.pending = prefix
+        self.sent = 0
+        self.stopped = False
+
+    def resumeProducing(self) -> None:
+        if not self.stopped:
+            chunk, self.pending = self.pending or b" " * 65536, b""
+            self.sent += len(chunk)
+            self.request.write(chunk)
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+
+class EndlessEndpoint(Resource):
+    """A token endpoint whose answer never ends (no Content-Length, chunked)."""
+
+    isLeaf = True
+
+    def __init__(self, status: int) -> None:
+        super().__init__()
+        self.status = status
+        self.producers: list[_Endless] = []
+        self.gone: list[Deferred[None]] = []
+
+    def render_GET(self, request: Request) -> int:
+        request.setResponseCode(self.status)
+        request.setHeader(b"Content-Type", b"application/json")
+        body = json.dumps(GOOD).encode() if self.status == 200 else b'{"errorCode":"BUSY"}'
+        producer = _Endless(request, body)
+        self.producers.append(producer)
+        finished: Deferred[None] = request.notifyFinish()
+        self.gone.append(finished.addErrback(lambda _: producer.stopProducing()))
+        request.registerProducer(producer, False)
+        return NOT_DONE_YET
 
 
 class TrackingSite(Site):
@@ -220,6 +270,25 @@ class TokenEndpointTests(TestCase):
         for request in self.endpoint.hanging:
             if not request.finished and not request._disconnected:
                 request.finish()
+
+    async def test_endless_body_is_cut_at_the_cap(self) -> None:
+        for status in (200, 503):
+            endpoint = EndlessEndpoint(status)
+            client = oauth_client(listen(self, endpoint), timeout=10)
+            with self.assertRaises(OAuthError) as caught:
+                await client.refresh("r")
+            if status == 200:
+                self.assertNotIsInstance(caught.exception, OAuthHTTPError)
+                self.assertEqual(caught.exception.code, "INVALID_RESPONSE")
+                self.assertIn("exceeds 65536 bytes", str(caught.exception))
+            else:
+                # an error status is still reported, with the code from the first bytes
+                assert isinstance(caught.exception, OAuthHTTPError)
+                self.assertEqual((caught.exception.status, caught.exception.code), (503, "BUSY"))
+            await endpoint.gone[0]  # the client hung up: the server stopped writing
+            (producer,) = endpoint.producers
+            self.assertTrue(producer.stopped)
+            self.assertLess(producer.sent, 8 * 1024 * 1024)  # bounded by buffers, not the body
 
     async def test_connection_refused(self) -> None:
         port = reactor.listenTCP(0, ServerFactory(), interface="127.0.0.1")

@@ -203,6 +203,32 @@ class RefresherTests(SynchronousTestCase):
         self.assertEqual(len(calls), 1)
         refresher.stopService()
 
+    def test_valid_token_and_on_refreshing(self) -> None:
+        clock = Clock()
+        pending: list[Deferred[Token]] = []
+
+        def refresh(rt: str) -> Deferred[Token]:
+            d: Deferred[Token] = Deferred()
+            pending.append(d)
+            return d
+
+        refresher = TokenRefresher(clock, refresh, token(100, 0))
+        before: list[Token] = []
+        refresher.on_refreshing(before.append)
+        self.assertEqual(self.successResultOf(refresher.valid_token()), token(100, 0))
+        self.assertEqual(pending, [])
+        clock.advance(100)  # expired now: valid_token refreshes and waits for it
+        first = refresher.valid_token()
+        self.assertTrue(refresher.refreshing)
+        self.assertEqual(before, [token(100, 0)])
+        joined = refresher.valid_token()  # a refresh is in flight: join it
+        self.assertEqual(len(pending), 1)
+        pending.pop().callback(token(5000, 100, n=1))
+        self.assertFalse(refresher.refreshing)
+        self.assertEqual(self.successResultOf(first), token(5000, 100, n=1))
+        self.assertEqual(self.successResultOf(joined), token(5000, 100, n=1))
+        self.assertEqual(self.successResultOf(refresher.valid_token()), token(5000, 100, n=1))
+
     def test_failures_back_off_and_concurrent_calls_join(self) -> None:
         clock = Clock()
         pending: list[Deferred[Token]] = []
