@@ -10,18 +10,24 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from decimal import Decimal
+from typing import cast
 
+from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
+from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
+from ctrader_twisted.recorder import tap
 from ctrader_twisted.recorder._rows import BarRow, DepthRow, SpotRow
 from ctrader_twisted.recorder._writer import BatchWriter
+from ctrader_twisted.recorder.service import Recorder
 from ctrader_twisted.recorder.storage import Batch, MarketStore, StorageError, open_postgres
 from tests.pgserver import PostgresServer, shared_server
 from tests.recorder_support import World, assert_series_whole, reactor
 from tests.test_recorder_storage import bar
+from tests.test_recorder_tap import parse, temp_dir
 
 
 class PostgresTestCase(TestCase):
@@ -242,6 +248,8 @@ class PostgresRecorderTests(PostgresTestCase):
         self.assertEqual(await self.kill_sessions(), 1)
         await world.run(3 * 60, drop_every=17)
         assert world.recorder is not None
+        assert world.recorder.writer is not None
+        self.assertGreaterEqual(world.recorder.writer.write_failures, 1)
         self.assertGreater(world.recorder.backfills_done, 3)
         await world.stop_recorder()
         self.assertGreaterEqual(world.reconnects, 12)
@@ -300,3 +308,38 @@ class PostgresRecorderTests(PostgresTestCase):
         self.assertAlmostEqual(calls[3] - calls[2], 5.0, delta=0.6)  # retried, not left to wait
         store = await self.open()
         await assert_series_whole(self, world, store, min_bars=6)
+
+
+class PostgresTapTests(PostgresTestCase):
+    """``ctrader-record --postgres``: the option, and a real run (embedded sandbox, TLS)."""
+
+    def test_option_is_checked_without_showing_the_password(self) -> None:
+        self.assertEqual(parse("--postgres", self.dsn)["postgres"], self.dsn)
+        with self.assertRaises(usage.UsageError) as caught:
+            parse("--postgres", "host=x password=hunter2 nonsense")
+        self.assertNotIn("hunter2", str(caught.exception))
+        self.assertIn("--postgres", str(caught.exception))
+
+    async def test_records_into_postgres_and_flushes_on_stop(self) -> None:
+        directory = temp_dir(self)
+        options = parse(
+            "--postgres", self.dsn, "--sandbox-tick-interval", "0.02", "--status-interval", "0",
+            "--sandbox-state-dir", str(directory / "sandbox"), "--history", "3",
+        )  # fmt: skip
+        service = cast(MultiService, tap.build_service(options, reactor))
+        service.startService()
+        recorder = cast(list[Recorder], list(service))[-1]
+        for _ in range(200):  # at most 10 s
+            await deferLater(reactor, 0.05, lambda: None)
+            if recorder.events_received >= 30 and recorder.backfills_done:
+                break
+        await service.stopService()
+        assert recorder.writer is not None
+        self.assertEqual(recorder.writer.rows_pending, 0)  # everything was flushed at stop
+        self.assertEqual(recorder.writer.write_failures, 0)
+        self.assertEqual(await self.query("SELECT name FROM symbols"), [("EURUSD",)])
+        spots = await self.query("SELECT count(*) FROM spots")
+        self.assertGreaterEqual(cast(int, spots[0][0]), 20)
+        bars = await self.query("SELECT count(*), count(DISTINCT time_minutes) FROM bars")
+        self.assertGreaterEqual(cast(int, bars[0][0]), 3)
+        self.assertEqual(bars[0][0], bars[0][1])

@@ -36,7 +36,14 @@ from twisted.python.failure import Failure
 from ctrader_twisted.errors import CTraderError
 from ctrader_twisted.recorder._rows import BarRow, DepthRow, SpotRow
 
-__all__ = ["Batch", "MarketStore", "StorageError", "open_postgres", "open_sqlite"]
+__all__ = [
+    "Batch",
+    "MarketStore",
+    "StorageError",
+    "check_postgres",
+    "open_postgres",
+    "open_sqlite",
+]
 
 _T = TypeVar("_T")
 
@@ -314,14 +321,7 @@ def open_postgres(reactor: IReactorCore, dsn: str) -> Deferred[MarketStore]:
         with :class:`StorageError` when the connection fails or the schema cannot be created.
     :raises StorageError: at once, when ``psycopg`` is missing or ``dsn`` is malformed.
     """
-    try:
-        conninfo = import_module("psycopg.conninfo")
-    except ImportError:
-        raise StorageError("PostgreSQL needs psycopg: pip install 'psycopg[binary]'") from None
-    try:
-        params = cast("dict[str, object]", conninfo.conninfo_to_dict(dsn))
-    except Exception:  # the driver's message may quote part of the string, password included
-        raise StorageError("malformed PostgreSQL connection string") from None
+    params = _pg_params(dsn)
     options = {
         name: value
         for name, variable, value in _PG_DEFAULTS
@@ -340,6 +340,27 @@ def open_postgres(reactor: IReactorCore, dsn: str) -> Deferred[MarketStore]:
     )
     store = MarketStore(pool, placeholder="%s", description=_pg_description(params))
     return _prepared(store, _POSTGRES)
+
+
+def check_postgres(dsn: str) -> str:
+    """Check that ``psycopg`` is installed and ``dsn`` is well-formed (without connecting).
+
+    :returns: a description of the target, ``postgresql://user@host:port/dbname`` (the parts
+        given; never the password).
+    :raises StorageError: ``psycopg`` is missing or ``dsn`` is malformed.
+    """
+    return _pg_description(_pg_params(dsn))
+
+
+def _pg_params(dsn: str) -> dict[str, object]:
+    try:
+        conninfo = import_module("psycopg.conninfo")
+    except ImportError:
+        raise StorageError("PostgreSQL needs psycopg: pip install 'psycopg[binary]'") from None
+    try:
+        return cast("dict[str, object]", conninfo.conninfo_to_dict(dsn))
+    except Exception:  # the driver's message may quote part of the string, password included
+        raise StorageError("malformed PostgreSQL connection string") from None
 
 
 def _pg_description(params: dict[str, object]) -> str:

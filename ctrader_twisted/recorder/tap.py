@@ -40,7 +40,13 @@ from ctrader_twisted._oauth_refresh import TokenRefresher, socket_refresh
 from ctrader_twisted.client import DEMO_HOST, LIVE_HOST, PORT, Client, tls_endpoint
 from ctrader_twisted.recorder._rows import period_from_name
 from ctrader_twisted.recorder.service import Recorder, RecorderConfig
-from ctrader_twisted.recorder.storage import MarketStore, open_postgres, open_sqlite
+from ctrader_twisted.recorder.storage import (
+    MarketStore,
+    StorageError,
+    check_postgres,
+    open_postgres,
+    open_sqlite,
+)
 from ctrader_twisted.sandbox import (
     DEFAULT_ACCESS_TOKEN,
     DEFAULT_CLIENT_ID,
@@ -98,6 +104,11 @@ class Options(usage.Options):
             raise usage.UsageError("--symbols must name at least one symbol")
         if self["environment"] != "sandbox" and self["account"] is None:
             raise usage.UsageError("--account is required for demo and live")
+        if self["postgres"]:
+            try:
+                check_postgres(self["postgres"])
+            except StorageError as error:
+                raise usage.UsageError(f"--postgres: {error}") from None
 
 
 def _split(text: str) -> list[str]:
