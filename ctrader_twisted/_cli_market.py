@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -190,41 +191,57 @@ class _CsvFile:
         self._handle.close()
 
 
+@dataclass(slots=True)
+class _Downloaded:
+    """What a download produced: the row count and the rows kept for the table."""
+
+    total: int = 0
+    shown: list[Row] = field(default_factory=list)
+
+
 async def _download(
     ctx: Context,
-    what: str,
     batches: AsyncIterator[Sequence[Row]],
     columns: Sequence[Column],
     out_file: str | None,
     limit: int,
-) -> int:
-    """Consume batches of rows: into a CSV file, as JSON lines, or into a table.
-
-    :returns: the number of rows.
-    """
+) -> _Downloaded:
+    """Consume batches of rows: into a CSV file, as JSON lines, or kept for a table (the last
+    ``limit`` rows); the table is printed by :func:`_report`, after the progress bar."""
     csv_file = _CsvFile(Path(out_file), columns) if out_file else None
     pool = ctx.reactor.getThreadPool()
-    shown: list[Row] = []
-    total = 0
+    result = _Downloaded()
     try:
         async for rows in batches:
-            total += len(rows)
+            result.total += len(rows)
             if csv_file is not None:
                 await deferToThreadPool(ctx.reactor, pool, csv_file.write, rows)
             elif ctx.out.json_mode:
                 for row in rows:
                     ctx.out.emit(row)
             else:
-                shown = (shown + list(rows))[-limit:] if limit else []
+                result.shown = (result.shown + list(rows))[-limit:] if limit else []
     finally:
         if csv_file is not None:
             await deferToThreadPool(ctx.reactor, pool, csv_file.close)
-    if csv_file is not None:
-        ctx.out.note(f"{total} {what} written to {out_file}")
+    return result
+
+
+def _report(
+    ctx: Context, what: str, done: _Downloaded, columns: Sequence[Column], out_file: str | None
+) -> int:
+    """Print the outcome of a download once its progress bar is finished.
+
+    :returns: the number of rows.
+    """
+    if out_file:
+        ctx.out.note(f"{done.total} {what} written to {out_file}")
     elif not ctx.out.json_mode:
+        shown = done.shown
         hidden = f" (showing the last {len(shown)}; use --out or --json for all)"
-        ctx.out.table(f"{total} {what}" + (hidden if len(shown) < total else ""), columns, shown)
-    return total
+        title = f"{done.total} {what}" + (hidden if len(shown) < done.total else "")
+        ctx.out.table(title, columns, shown)
+    return done.total
 
 
 async def _rows(
@@ -260,9 +277,8 @@ async def download_bars(
             ctx.client, account, symbol.symbol_id, period, start, end,
             progress=progress, digits=symbol.digits, timeout=ctx.timeout,
         )  # fmt: skip
-        return await _download(
-            ctx, "bars", _rows(batches, symbol.name), BAR_COLUMNS, out_file, limit
-        )
+        done = await _download(ctx, _rows(batches, symbol.name), BAR_COLUMNS, out_file, limit)
+    return _report(ctx, "bars", done, BAR_COLUMNS, out_file)
 
 
 async def download_ticks(
@@ -291,6 +307,5 @@ async def download_ticks(
             ctx.client, account, symbol.symbol_id, side, start, end,
             progress=progress, digits=symbol.digits, timeout=ctx.timeout,
         )  # fmt: skip
-        return await _download(
-            ctx, "ticks", _rows(batches, symbol.name), TICK_COLUMNS, out_file, limit
-        )
+        done = await _download(ctx, _rows(batches, symbol.name), TICK_COLUMNS, out_file, limit)
+    return _report(ctx, "ticks", done, TICK_COLUMNS, out_file)

@@ -237,12 +237,50 @@ async def _reference_price(
 
 
 def order_volume(symbol: SymbolDetails, amount: Decimal, lots: bool) -> int:
-    """Wire volume of ``amount`` units (or lots), checked against the symbol's limits."""
+    """Wire volume of ``amount`` units (or lots), checked against the symbol's limits.
+
+    :raises CliError: (usage) naming the broken limit in units and lots, never in the
+        protocol's hundredths of a unit.
+    """
     try:
         volume = lots_to_volume(amount, symbol.lot_size or 0) if lots else units_to_volume(amount)
-        return symbol.check_volume(volume)
     except ValueError as error:
         raise CliError(f"bad volume for {symbol.name}: {error}") from None
+    problem = _volume_problem(symbol, volume, lots)
+    if problem:
+        raise CliError(f"bad volume for {symbol.name}: {problem}")
+    return volume
+
+
+def _volume_problem(symbol: SymbolDetails, volume: int, lots: bool) -> str:
+    """What is wrong with ``volume`` for ``symbol`` (empty when nothing); the asked amount
+    is named as the user gave it (units, or lots with ``lots``)."""
+    if volume <= 0:
+        return "the volume must be positive"
+    asked = _amount(symbol, volume, lots_first=True) if lots else _units(volume)
+    if symbol.min_volume is not None and volume < symbol.min_volume:
+        return f"{asked} is below the minimum of {_amount(symbol, symbol.min_volume)}"
+    if symbol.max_volume is not None and volume > symbol.max_volume:
+        return f"{asked} is above the maximum of {_amount(symbol, symbol.max_volume)}"
+    if symbol.step_volume and volume % symbol.step_volume:
+        return f"{asked} is not a multiple of the step of {_amount(symbol, symbol.step_volume)}"
+    return ""
+
+
+def _amount(symbol: SymbolDetails, volume: int, *, lots_first: bool = False) -> str:
+    """A wire volume for people: ``1000 units (0.01 lots)``, or ``0.01 lots (1000 units)``
+    with ``lots_first``; lots only when the symbol's lot size is known."""
+    unit_text = _units(volume)
+    if not symbol.lot_size:
+        return unit_text
+    lots = symbol.volume_to_lots(volume)
+    lot_text = f"{lots} lot" if lots == 1 else f"{lots} lots"
+    return f"{lot_text} ({unit_text})" if lots_first else f"{unit_text} ({lot_text})"
+
+
+def _units(volume: int) -> str:
+    units = plain(volume_to_units(volume))
+    return f"{units} unit" if units == 1 else f"{units} units"
 
 
 async def run_order(

@@ -24,10 +24,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTCP, IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 
-from ctrader_twisted._oauth_errors import OAuthError
+from ctrader_twisted._cli_errors import CliError, ExitCode
+from ctrader_twisted._oauth_errors import OAuthConnectionError, OAuthError, OAuthTimeout
 from ctrader_twisted.errors import CTraderError
 from ctrader_twisted.oauth import DEFAULT_BASE_URL, SCOPES, OAuthClient, RedirectCatcher, new_state
-from ctrader_twisted.tokens import TokenStore, default_token_path
+from ctrader_twisted.tokens import TokenFileError, TokenStore, default_token_path
 
 __all__ = [
     "CLIENT_ID_ENV",
@@ -37,6 +38,7 @@ __all__ = [
     "add_token_parser",
     "auth_flow",
     "auth_main",
+    "exit_code",
     "token_flow",
     "token_main",
 ]
@@ -151,12 +153,12 @@ def token_main(argv: Sequence[str] | None = None) -> int:
 
 def auth_main_namespace(options: argparse.Namespace) -> int:
     """Run ``auth`` from parsed options on the global reactor."""
-    return _run(lambda reactor: auth_flow(reactor, options, sys.stdout))
+    return _run(lambda reactor: auth_flow(reactor, options, sys.stdout, sys.stderr))
 
 
 def token_main_namespace(options: argparse.Namespace) -> int:
     """Run ``token`` from parsed options on the global reactor."""
-    return _run(lambda reactor: token_flow(reactor, options, sys.stdout))
+    return _run(lambda reactor: token_flow(reactor, options, sys.stdout, sys.stderr))
 
 
 def _run(flow: Callable[[_Reactor], Deferred[int]]) -> int:
@@ -188,20 +190,24 @@ def _oauth_client(reactor: _Reactor, options: argparse.Namespace) -> OAuthClient
     )
 
 
-def auth_flow(reactor: _Reactor, options: argparse.Namespace, out: TextIO) -> Deferred[int]:
+def auth_flow(
+    reactor: _Reactor, options: argparse.Namespace, out: TextIO, err: TextIO | None = None
+) -> Deferred[int]:
     """Authorize in the browser, catch the redirect, exchange the code and store the token.
 
-    :returns: a Deferred that fires with the exit status (0 on success, 1 on an OAuth or
-        token-file error, whose message is printed); it does not fail.
+    :param out: where results go.
+    :param err: where the one-line error goes (default: ``out``).
+    :returns: a Deferred that fires with the exit status (see :func:`exit_code`); it does not
+        fail.
     """
-    return Deferred.fromCoroutine(_guard(_auth(reactor, options, out), out))
+    return Deferred.fromCoroutine(_guard(_auth(reactor, options, out), err or out))
 
 
 async def _auth(reactor: _Reactor, options: argparse.Namespace, out: TextIO) -> int:
     oauth = _oauth_client(reactor, options)
     target = urlsplit(options.redirect_uri)
     if target.scheme != "http" or target.hostname not in ("127.0.0.1", "localhost"):
-        raise OAuthError("BAD_REDIRECT_URI", "the redirect URI must be http://127.0.0.1:<port>/...")
+        raise CliError("the redirect URI must be http://127.0.0.1:<port>/...", ExitCode.USAGE)
     state = new_state()
     catcher = RedirectCatcher(reactor, state, port=target.port or 80, path=target.path or "/")
     catcher.listen()
@@ -225,21 +231,24 @@ async def _auth(reactor: _Reactor, options: argparse.Namespace, out: TextIO) -> 
     return 0
 
 
-def token_flow(reactor: _Reactor, options: argparse.Namespace, out: TextIO) -> Deferred[int]:
+def token_flow(
+    reactor: _Reactor, options: argparse.Namespace, out: TextIO, err: TextIO | None = None
+) -> Deferred[int]:
     """Show the stored token (masked) or refresh it over HTTP and store the new one.
 
-    :returns: a Deferred that fires with the exit status (0 on success, 1 on error or when no
-        token is stored); it does not fail.
+    :param out: where results go.
+    :param err: where the one-line error goes (default: ``out``).
+    :returns: a Deferred that fires with the exit status (see :func:`exit_code`; no stored
+        token is missing credentials, 3); it does not fail.
     """
-    return Deferred.fromCoroutine(_guard(_token(reactor, options, out), out))
+    return Deferred.fromCoroutine(_guard(_token(reactor, options, out), err or out))
 
 
 async def _token(reactor: _Reactor, options: argparse.Namespace, out: TextIO) -> int:
     store = TokenStore(options.token_file, reactor)
     token = await store.load()
     if token is None:
-        out.write(f"No token in {store.path}; run 'ctrader-twisted auth' first.\n")
-        return 1
+        raise CliError(f"no token in {store.path}; run 'ctrader-twisted auth' first", ExitCode.AUTH)
     if options.action == "refresh":
         token = await _oauth_client(reactor, options).refresh(token.refresh_token)
         await store.save(token)
@@ -256,13 +265,35 @@ def _print_token(out: TextIO, summary: dict[str, str], *, json_output: bool) -> 
         out.write(f"  {key:<14} {value}\n")
 
 
-async def _guard(flow: Coroutine[Any, Any, int], out: TextIO) -> int:
+def exit_code(error: BaseException) -> ExitCode:
+    """The exit status of ``auth`` and ``token`` for an error, as documented in docs/cli.md.
+
+    Missing credentials or token and refusals by the OAuth server are authentication failures
+    (3); an unreachable or silent OAuth server and a redirect that never came are connection
+    failures (4); an unreadable token file and a bad redirect URI are usage errors (2).
+    """
+    from twisted.internet.defer import TimeoutError as DeferredTimeout
+
+    if isinstance(error, CliError):
+        return error.code
+    if isinstance(error, OAuthConnectionError | OAuthTimeout | DeferredTimeout):
+        return ExitCode.CONNECTION
+    if isinstance(error, OAuthError):
+        return ExitCode.AUTH
+    if isinstance(error, TokenFileError):
+        return ExitCode.USAGE
+    return ExitCode.API_ERROR
+
+
+async def _guard(flow: Coroutine[Any, Any, int], err: TextIO) -> int:
     from twisted.internet.defer import TimeoutError as DeferredTimeout
 
     try:
         return await flow
-    except CTraderError as exc:
-        out.write(f"error: {exc}\n")
-    except DeferredTimeout:
-        out.write("error: no redirect arrived in time; run the command again\n")
-    return 1
+    except (CTraderError, DeferredTimeout) as exc:
+        if isinstance(exc, DeferredTimeout):
+            err.write("error: no redirect arrived in time; run the command again\n")
+        else:
+            err.write(f"error: {exc}\n")
+        err.flush()
+        return int(exit_code(exc))

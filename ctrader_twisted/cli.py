@@ -1,7 +1,7 @@
 """The ``ctrader-twisted`` command.
 
-Subcommands: ``demo``, ``sandbox``, ``auth``, ``token``, ``accounts``, ``symbols``, ``quotes``,
-``bars``, ``ticks``, ``order``, ``positions`` and ``close``; see ``docs/cli.md``.
+Subcommands: ``demo``, ``sandbox``, ``record``, ``auth``, ``token``, ``accounts``, ``symbols``,
+``quotes``, ``bars``, ``ticks``, ``order``, ``positions`` and ``close``; see ``docs/cli.md``.
 
 :func:`main` is the console-script entry point and the only place that runs the global reactor
 (with :func:`twisted.internet.task.react`).  :func:`execute` runs one parsed command on a given
@@ -39,14 +39,23 @@ def _connection_options() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("connection")
     group.add_argument(
-        "--env", choices=ENVIRONMENTS, help="server environment (default: $CTRADER_ENV or demo)"
+        "--env",
+        choices=ENVIRONMENTS,
+        help="server environment (default: $CTRADER_ENV, else 'env' in the config file's "
+        "[default] section, else demo)",
     )
     group.add_argument("--host", help="server host (default: by environment)")
     group.add_argument("--port", type=int, help="server port (default: 5035)")
     group.add_argument("--ca-file", help="PEM file of the CA to trust instead of the system's")
-    group.add_argument("--account", type=int, help="account id (default: $CTRADER_ACCOUNT_ID)")
     group.add_argument(
-        "--config", help="config file (default: ~/.config/ctrader-twisted/config.ini)"
+        "--account",
+        type=int,
+        help="account id (default: $CTRADER_ACCOUNT_ID, else 'account_id' in the config file, "
+        "else the token's first account)",
+    )
+    group.add_argument(
+        "--config",
+        help="config file (default: $CTRADER_CONFIG, else ~/.config/ctrader-twisted/config.ini)",
     )
     group.add_argument(
         "--timeout", type=float, default=_DEFAULT_TIMEOUT, help="seconds per request (10)"

@@ -14,6 +14,7 @@ from ctrader_twisted._cli_config import resolve_settings
 from ctrader_twisted._cli_errors import CliError, ExitCode, describe_failure
 from ctrader_twisted._cli_output import Column, Output
 from ctrader_twisted._cli_parse import parse_decimal, parse_duration, parse_time
+from ctrader_twisted._cli_trading import order_volume
 from ctrader_twisted.cli import build_parser, main
 from ctrader_twisted.errors import (
     AccountAuthError,
@@ -23,7 +24,7 @@ from ctrader_twisted.errors import (
     OrderError,
     RequestTimeout,
 )
-from ctrader_twisted.models import TradeSide, UnknownSymbol
+from ctrader_twisted.models import SymbolDetails, TradeSide, UnknownSymbol
 from ctrader_twisted.tls import DEMO_HOST, LIVE_HOST
 
 UTC = timezone.utc
@@ -131,6 +132,60 @@ class ExitCodeTests(SynchronousTestCase):
         self.assertEqual(describe_failure(RuntimeError("a\nb"))[1], "RuntimeError: a b")
 
 
+class OrderVolumeTests(SynchronousTestCase):
+    """Volume errors speak units and lots, never the protocol's hundredths of a unit."""
+
+    EURUSD = SymbolDetails(
+        symbol_id=1,
+        name="EURUSD",
+        digits=5,
+        pip_position=4,
+        lot_size=10_000_000,
+        min_volume=100_000,
+        max_volume=1_000_000_000,
+        step_volume=100_000,
+    )
+
+    def message(self, amount: str, lots: bool = False) -> str:
+        with self.assertRaises(CliError) as caught:
+            order_volume(self.EURUSD, Decimal(amount), lots)
+        self.assertEqual(caught.exception.code, ExitCode.USAGE)
+        return str(caught.exception)
+
+    def test_accepted(self) -> None:
+        self.assertEqual(order_volume(self.EURUSD, Decimal("10000"), False), 1_000_000)
+        self.assertEqual(order_volume(self.EURUSD, Decimal("0.1"), True), 1_000_000)
+
+    def test_messages(self) -> None:
+        self.assertEqual(
+            self.message("1"),
+            "bad volume for EURUSD: 1 unit is below the minimum of 1000 units (0.01 lots)",
+        )
+        self.assertEqual(
+            self.message("0.001", lots=True),
+            "bad volume for EURUSD: 0.001 lots (100 units) is below the minimum"
+            " of 1000 units (0.01 lots)",
+        )
+        self.assertEqual(
+            self.message("20000000"),
+            "bad volume for EURUSD: 20000000 units is above the maximum"
+            " of 10000000 units (100 lots)",
+        )
+        self.assertEqual(
+            self.message("1500"),
+            "bad volume for EURUSD: 1500 units is not a multiple of the step"
+            " of 1000 units (0.01 lots)",
+        )
+        self.assertIn("0.015 lots (1500 units) is not a multiple", self.message("0.015", True))
+        self.assertIn("0.001 units is not representable", self.message("0.001"))  # below 0.01
+        bare = SymbolDetails(symbol_id=9, name="ODD", digits=2, pip_position=1, min_volume=200)
+        with self.assertRaises(CliError) as caught:
+            order_volume(bare, Decimal("1"), False)
+        self.assertEqual(
+            str(caught.exception), "bad volume for ODD: 1 unit is below the minimum of 2 units"
+        )
+
+
 class OutputTests(SynchronousTestCase):
     def test_json_lines(self) -> None:
         stdout, stderr = io.StringIO(), io.StringIO()
@@ -187,6 +242,23 @@ class ParserTests(SynchronousTestCase):
             options = parser.parse_args(argv)
             self.assertEqual(options.command, argv[0])
         self.assertEqual(parser.parse_args(["sandbox", "--port", "1"]).args, ["--port", "1"])
+
+    def test_every_subcommand_in_the_docs_table(self) -> None:
+        doc = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
+        table = doc.split("| Command |", 1)[1].split("\n\n", 1)[0]
+        documented = {line.split("`")[1].split()[0] for line in table.splitlines()[2:]}
+        actions = build_parser()._subparsers._group_actions  # type: ignore[union-attr]
+        commands = set(actions[0].choices)  # type: ignore[arg-type]
+        self.assertEqual(documented, commands)
+        self.assertIn("[recorder.md](recorder.md)", table)
+
+    def test_connection_help_names_the_config_file(self) -> None:
+        parser = build_parser()
+        actions = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+        accounts = actions["accounts"]  # type: ignore[index]
+        helps = {a.dest: a.help or "" for a in accounts._actions}
+        for dest in ("env", "account", "config"):
+            self.assertIn("config", helps[dest].replace("$CTRADER_CONFIG", ""), dest)
 
     def test_usage_errors_exit_2(self) -> None:
         for argv in (["nope"], ["order", "hold", "EURUSD", "1"], [], ["close", "x"]):

@@ -122,6 +122,25 @@ class CliAgainstSandboxTests(TestCase):
         table = await self.run_cli(running, "bars", "EURUSD", *args, "--limit", "3")
         self.assertIn("60 bars (showing the last 3", table.stdout)
 
+    async def test_bars_table_after_the_progress_bar(self) -> None:
+        """Not a terminal, stdout and stderr in one file (``> log 2>&1``): the progress bar's
+        last line comes before the table, not after it."""
+        running = await self._sandbox()
+        start, end = self._range(5)
+        where = ["--port", str(running.port), "--ca-file", str(running.ca_file)]
+        what = ["--period", "M5", "--from", start, "--to", end, "--limit", "2"]
+        argv = ["bars", "EURUSD", "--env", "sandbox", "--host", "localhost", *where, *what]
+        options = build_parser().parse_args(argv)
+        both = io.StringIO()
+        code = await execute(reactor, options, Output(json_mode=False, stdout=both, stderr=both))
+        self.assertEqual(code, 0, both.getvalue())
+        text = both.getvalue()
+        bar, table = text.find("EURUSD M5 bars"), text.find("60 bars (showing the last 2")
+        self.assertNotEqual(bar, -1, text)
+        self.assertNotEqual(table, -1, text)
+        self.assertLess(bar, table, text)
+        self.assertNotIn("EURUSD M5 bars", text[table:])
+
     async def test_ticks(self) -> None:
         running = await self._sandbox()
         start, _ = self._range(1)
@@ -173,6 +192,12 @@ class CliAgainstSandboxTests(TestCase):
         tiny = await self.run_cli(running, "order", "buy", "EURUSD", "0.001")
         self.assertEqual(tiny.code, 2)
         self.assertIn("bad volume for EURUSD", tiny.stderr)
+        one = await self.run_cli(running, "order", "buy", "EURUSD", "1")
+        self.assertEqual(one.code, 2)
+        self.assertEqual(
+            one.stderr,
+            "error: bad volume for EURUSD: 1 unit is below the minimum of 1000 units (0.01 lots)\n",
+        )
         self.assertEqual((await self.run_cli(running, "order", "buy", "EURUSD", "-1")).code, 2)
 
     async def test_bad_credentials(self) -> None:

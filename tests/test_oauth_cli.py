@@ -90,17 +90,42 @@ class CliFlowTests(TestCase):
         self.assertNotIn(GOOD["refreshToken"], out.getvalue())
 
     async def test_errors_are_reported(self) -> None:
-        out = io.StringIO()
-        options = parse("token", ["show", f"--token-file={self.token_file}"])
-        self.assertEqual(await cli.token_flow(REACTOR, options, out), 1)
-        self.assertIn("No token", out.getvalue())
+        """One line on the error stream; exit codes as in docs/cli.md."""
+
+        async def run(argv: list[str]) -> tuple[int, str, str]:
+            out, err = io.StringIO(), io.StringIO()
+            code = await cli.token_flow(REACTOR, parse("token", argv), out, err)
+            self.assertEqual(len(err.getvalue().splitlines()), 1)
+            return code, out.getvalue(), err.getvalue()
+
+        code, out, err = await run(["show", f"--token-file={self.token_file}"])
+        self.assertEqual((code, out), (3, ""))  # missing credentials
+        hint = "run 'ctrader-twisted auth' first"
+        self.assertEqual(err, f"error: no token in {self.token_file}; {hint}\n")
         TokenStore(self.token_file).write(Token("a" * 10, "r" * 10, 9e9, 0))
         self.endpoint.answers.append((200, json.dumps({"errorCode": "INVALID_GRANT"}).encode()))
-        out = io.StringIO()
-        options = parse("token", ["refresh", *self.common])
-        self.assertEqual(await cli.token_flow(REACTOR, options, out), 1)
-        self.assertIn("error: INVALID_GRANT", out.getvalue())
-        out = io.StringIO()
-        options = parse("token", ["refresh", f"--token-file={self.token_file}", "--client-id="])
-        self.assertEqual(await cli.token_flow(REACTOR, options, out), 1)
-        self.assertIn("MISSING_CREDENTIALS", out.getvalue())
+        code, _, err = await run(["refresh", *self.common])
+        self.assertEqual(code, 3)  # refused by the OAuth server: authentication failed
+        self.assertIn("error: INVALID_GRANT", err)
+        code, _, err = await run(["refresh", f"--token-file={self.token_file}", "--client-id="])
+        self.assertEqual(code, 3)
+        self.assertIn("MISSING_CREDENTIALS", err)
+        self.endpoint.answers.append((503, b"down"))
+        code, _, err = await run(["refresh", *self.common])
+        self.assertEqual(code, 3)
+        self.assertIn("HTTP_503", err)
+        unreachable = f"--base-url=http://127.0.0.1:{await free_port()}"
+        code, _, err = await run(["refresh", *self.common, unreachable])
+        self.assertEqual(code, 4)  # connection failed
+        self.assertIn("CONNECTION_FAILED", err)
+        self.token_file.write_text("{not json")
+        code, _, err = await run(["show", f"--token-file={self.token_file}"])
+        self.assertEqual(code, 2)  # unreadable token file
+        self.assertNotIn("r" * 10, err)
+
+    async def test_auth_refuses_a_non_loopback_redirect(self) -> None:
+        options = parse("auth", [*self.common, "--redirect-uri=https://example.com/cb"])
+        out, err = io.StringIO(), io.StringIO()
+        self.assertEqual(await cli.auth_flow(REACTOR, options, out, err), 2)
+        self.assertIn("http://127.0.0.1:<port>", err.getvalue())
+        self.assertEqual(self.endpoint.seen, [])
