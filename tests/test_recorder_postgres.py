@@ -8,22 +8,25 @@ when PostgreSQL or psycopg is not installed.
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import cast
+from unittest import SkipTest, mock
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.python import usage
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ctrader_twisted.recorder import tap
 from ctrader_twisted.recorder._rows import BarRow, DepthRow, SpotRow
 from ctrader_twisted.recorder._writer import BatchWriter
 from ctrader_twisted.recorder.service import Recorder
 from ctrader_twisted.recorder.storage import Batch, MarketStore, StorageError, open_postgres
+from tests import pgserver
 from tests.pgserver import PostgresServer, shared_server
 from tests.recorder_support import World, assert_series_whole, reactor
 from tests.test_recorder_storage import bar
@@ -343,3 +346,21 @@ class PostgresTapTests(PostgresTestCase):
         bars = await self.query("SELECT count(*), count(DISTINCT time_minutes) FROM bars")
         self.assertGreaterEqual(cast(int, bars[0][0]), 3)
         self.assertEqual(bars[0][0], bars[0][1])
+
+
+class FixtureSkipTests(SynchronousTestCase):
+    """Without PostgreSQL or psycopg the tests above skip; they never fail for that."""
+
+    def setUp(self) -> None:
+        self.patch(pgserver, "_shared", None)
+
+    def test_no_binaries(self) -> None:
+        self.patch(pgserver, "find_bindir", lambda: None)
+        with self.assertRaises(SkipTest) as caught:
+            shared_server()
+        self.assertIn("initdb", str(caught.exception))
+
+    def test_no_psycopg(self) -> None:
+        with mock.patch.dict(sys.modules, {"psycopg": None}), self.assertRaises(SkipTest) as caught:
+            shared_server()
+        self.assertIn("psycopg", str(caught.exception))
