@@ -121,6 +121,25 @@ class SocketRefreshTests(SandboxCase):
         self.assertEqual(self.server_accounts(), {A: new.access_token, B: OTHER})
         self.assertEqual(self.spots_on_server(A, [3]), [True])
 
+    def test_keeper_with_socket_refresh_is_quiet(self) -> None:
+        """The client re-authorizes during a socket refresh; the keeper finds nothing to do."""
+        token = self.first_token()
+        clock = self.sandbox.clock
+        refresher = TokenRefresher(clock, socket_refresh(self.client, clock), token)
+        keeper = keep_client_authorized(self.client, refresher)
+        self.addCleanup(keeper.stop)
+        self.wait(keeper.authorize(A))
+        with LogCapture() as log:
+            new = self.wait(refresher.refresh_now())
+            self.wait(keeper.settled())
+            self.sandbox.advance(1)
+        keeper_events = [
+            e for e in log.events if "AccountKeeper" in str(e.get("log_namespace", ""))
+        ]
+        self.assertEqual(keeper_events, [])  # nothing left to re-authorize, nothing logged
+        self.assertEqual(log.formatted("error", "critical"), [])
+        self.assertEqual(self.server_accounts(), {A: new.access_token})
+
 
 class HttpCase(SandboxCase):
     """``TokenRefresher(clock, oauth.refresh, token)`` plus ``keep_client_authorized``."""
