@@ -1,12 +1,12 @@
 """A throwaway PostgreSQL server for tests: ``initdb`` in a temporary directory, one postmaster.
 
-:func:`shared_server` starts one server per test process on first use (a second or two) and
-stops it, removing its directory, when the process exits.  A test takes a fresh schema in the
-``postgres`` database with :meth:`PostgresServer.new_schema` (a few milliseconds; a new
-database takes half a second), or a database of its own with
-:meth:`PostgresServer.create_database`.  The server listens on 127.0.0.1 (a free port) and on a
-Unix socket in its directory, trusts every local connection (no passwords), and runs with
-``fsync=off``: nothing in it needs to survive a crash.
+:func:`shared_server` starts one server per test process on first use (one to a few seconds,
+mostly ``initdb``) and stops it, removing its directory, when the process exits.  A test takes a
+fresh schema in the ``postgres`` database with :meth:`PostgresServer.new_schema` (milliseconds;
+a new database takes half a second), or a database of its own with
+:meth:`PostgresServer.create_database`.  The server listens on 127.0.0.1 only (a free port; no
+Unix socket, whose path length is limited), trusts every connection (no passwords), and runs
+with ``fsync=off``: nothing in it needs to survive a crash.
 
 When the tools are missing (no ``initdb``/``postgres`` binaries, no ``psycopg``, or running as
 root without a ``postgres`` user to run the server as), :func:`shared_server` raises
@@ -117,13 +117,16 @@ class PostgresServer:
             cursor = connection.execute(sql, params)
             return cursor.fetchall() if cursor.description is not None else []
 
-    def terminate_sessions(self, dbname: str) -> int:
-        """Kill every session connected to ``dbname`` (blocking); return how many there were."""
+    def terminate_sessions(self, dbname: str, application_name: str) -> int:
+        """Kill the sessions of one application in ``dbname`` (blocking; waits for them to end).
+
+        :returns: how many there were.
+        """
         rows = self.execute(
             self.dsn(),
             "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
-            " WHERE datname = %s AND pid <> pg_backend_pid()",
-            (dbname,),
+            " WHERE datname = %s AND application_name = %s AND pid <> pg_backend_pid()",
+            (dbname, application_name),
         )
         return len(rows)
 
@@ -148,7 +151,8 @@ class PostgresServer:
         with (self.root / "server.log").open("ab") as log:
             self._process = subprocess.Popen(  # noqa: S603 - fixed arguments
                 [str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
-                 "-c", "listen_addresses=127.0.0.1", "-k", str(self.root), *options],
+                 "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
+                 *options],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=self.root, env=_environment(), preexec_fn=_die_with_parent,
                 **self._user(),
