@@ -40,10 +40,18 @@ FRAMES_PER_WRITE = 512
 
 @implementer(IPushProducer)
 class SpotBurst:
-    """Writes ``count`` frames to one transport, pausing whenever the transport asks it to."""
+    """Writes ``count`` frames to one transport, pausing whenever the transport asks it to.
 
-    def __init__(self, transport: ITransport, frames: Sequence[bytes], count: int) -> None:
+    :param flow: the session's own producer (the sandbox's ``OutputFlow``), when it has one:
+        a transport holds a single producer, so the burst then has the flow relay the pause and
+        resume signals instead of registering itself.
+    """
+
+    def __init__(
+        self, transport: ITransport, frames: Sequence[bytes], count: int, flow: Any = None
+    ) -> None:
         self._transport: Any = transport
+        self._flow = flow
         self._frames = frames
         self._remaining = count
         self._next = 0
@@ -51,8 +59,11 @@ class SpotBurst:
         self.done: Deferred[None] = Deferred()
 
     def start(self) -> Deferred[None]:
-        """Register on the transport and start writing; the Deferred fires when all are written."""
-        self._transport.registerProducer(self, True)
+        """Register for flow control and start writing; the Deferred fires when all are written."""
+        if self._flow is not None:
+            self._flow.attach(self)
+        else:
+            self._transport.registerProducer(self, True)
         self.resumeProducing()
         return self.done
 
@@ -65,7 +76,7 @@ class SpotBurst:
             self._next = (self._next + take) % len(frames)
             self._remaining -= take
         if self._remaining == 0 and not self.done.called:
-            self._transport.unregisterProducer()
+            self._unregister()
             self.done.callback(None)
 
     def pauseProducing(self) -> None:
@@ -75,6 +86,12 @@ class SpotBurst:
         self._remaining = 0
         if not self.done.called:
             self.done.callback(None)
+
+    def _unregister(self) -> None:
+        if self._flow is not None:
+            self._flow.detach(self)
+        else:
+            self._transport.unregisterProducer()
 
 
 class ControlServer(LineReceiver):
@@ -133,7 +150,9 @@ class BenchServer:
             protocol = session.protocol
             transport = protocol.transport if protocol is not None else None
             if transport is not None:
-                pushes.append(SpotBurst(transport, self.frames, count).start())
+                flow = getattr(session, "flow", None)
+                flow = flow if hasattr(flow, "attach") else None
+                pushes.append(SpotBurst(transport, self.frames, count, flow).start())
 
         def finished(_: object) -> dict[str, object]:
             return {"sessions": len(pushes), "seconds": self.reactor.seconds() - started}

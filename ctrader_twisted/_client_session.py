@@ -10,9 +10,7 @@ client.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Mapping
-from contextlib import suppress
 from typing import Final, Protocol
 
 from google.protobuf.message import Message
@@ -22,7 +20,7 @@ from twisted.python.failure import Failure
 
 from ._failure import failure_of
 from ._pending import PendingRequest, State
-from ._ratelimit import RateLimiter
+from ._ratelimit import Lane, RateLimiter
 from .errors import (
     ConnectionLost,
     MalformedMessage,
@@ -44,7 +42,8 @@ from .protocol import OpenApiProtocol
 
 __all__ = ["Listener", "Session", "SessionOwner"]
 
-Listener = Callable[[Message], object]
+#: A user callback, as the session calls it (listeners only exist for known payload types).
+Listener = Callable[[Message | UnknownMessage], object]
 
 _HEARTBEAT: Final = encode_message(ProtoHeartbeatEvent())
 # Server errors, reported when they arrive without a clientMsgId (nothing else would show them).
@@ -65,9 +64,6 @@ class SessionOwner(Protocol):
 
     def start_send_timer(self, pending: PendingRequest) -> None:
         """``pending`` must wait to be written: start its send bound if it has none."""
-
-    def retry_rate_limited(self, pending: PendingRequest, error: RateLimited) -> bool:
-        """``pending`` was refused for the rate limit: schedule a retry, or return ``False``."""
 
     def internal_event(self, payload_type: int, message: Message) -> None:
         """A session-level event the client itself acts on (account disconnects etc.)."""
@@ -94,6 +90,7 @@ class Session:
         rate_limit: int,
         historical_rate_limit: int,
         rate_window: float,
+        rate_margin: float,
         heartbeat_interval: float,
         dead_link_timeout: float,
     ) -> None:
@@ -101,10 +98,13 @@ class Session:
         self._clock = clock
         self._listeners = listeners
         self._internal = internal
-        self._ordinary = RateLimiter(rate_limit, rate_window)
-        self._historical = RateLimiter(historical_rate_limit, rate_window)
-        self._ordinary_queue: deque[PendingRequest] = deque()
-        self._historical_queue: deque[PendingRequest] = deque()
+        self._special_types = internal | _ERROR_TYPES
+        self._ordinary: Lane[PendingRequest] = Lane(
+            RateLimiter(rate_limit, rate_window, rate_margin)
+        )
+        self._historical: Lane[PendingRequest] = Lane(
+            RateLimiter(historical_rate_limit, rate_window, rate_margin)
+        )
         self._heartbeat_interval = heartbeat_interval
         self._dead_link_timeout = dead_link_timeout
         self.written: dict[str, PendingRequest] = {}
@@ -129,8 +129,31 @@ class Session:
         self._owner.session_connected(self)
 
     def envelope_received(self, protocol: OpenApiProtocol, envelope: Envelope) -> None:
-        # The hot path: keep it to dict lookups and calls.
+        # The hot path: an event without a clientMsgId costs a set test and a dict lookup
+        # before its listeners run.  Everything else takes _special().
         payload_type, client_msg_id, message = envelope
+        if client_msg_id is not None or payload_type in self._special_types:
+            self._special(payload_type, client_msg_id, message)
+            return
+        listeners = self._listeners.get(payload_type)
+        if listeners is None:
+            if isinstance(message, UnknownMessage):
+                self._log.warn(
+                    "ignored an event of unknown payload type {payload_type} ({size} bytes)",
+                    payload_type=payload_type,
+                    size=len(message.payload),
+                )
+            return
+        for listener in listeners:
+            try:
+                listener(message)
+            except Exception:
+                self._listener_failed(listener, message)
+
+    def _special(
+        self, payload_type: int, client_msg_id: str | None, message: Message | UnknownMessage
+    ) -> None:
+        """An answer (it has a clientMsgId), a server error, or an event the client acts on."""
         if client_msg_id is not None:
             pending = self.written.pop(client_msg_id, None)
             if pending is not None:
@@ -140,26 +163,19 @@ class Session:
         elif payload_type in _ERROR_TYPES:
             self._anonymous_error(message)
         if isinstance(message, UnknownMessage):
-            if client_msg_id is None:
-                self._log.warn(
-                    "ignored an event of unknown payload type {payload_type} ({size} bytes)",
-                    payload_type=payload_type,
-                    size=len(message.payload),
-                )
-            return
+            return  # an answer of unknown type failed its request in _settle
         if payload_type in self._internal:
             self._owner.internal_event(payload_type, message)
-        listeners = self._listeners.get(payload_type)
-        if listeners:
-            for listener in listeners:
-                try:
-                    listener(message)
-                except Exception:
-                    self._log.failure(
-                        "listener {listener!r} raised on {name}",
-                        listener=listener,
-                        name=type(message).__name__,
-                    )
+        for listener in self._listeners.get(payload_type, ()):
+            try:
+                listener(message)
+            except Exception:
+                self._listener_failed(listener, message)
+
+    def _listener_failed(self, listener: Listener, message: object) -> None:
+        self._log.failure(
+            "listener {listener!r} raised on {name}", listener=listener, name=type(message).__name__
+        )
 
     def decode_failed(self, protocol: OpenApiProtocol, error: MalformedMessage) -> None:
         pending = self.written.pop(error.client_msg_id or "", None)
@@ -178,33 +194,26 @@ class Session:
             error = ConnectionLost(reason.getErrorMessage())
             for pending in written.values():
                 self._finish(pending, error)
-        unsent = [*self._ordinary_queue, *self._historical_queue]
-        self._ordinary_queue.clear()
-        self._historical_queue.clear()
+        unsent = [*self._ordinary.clear(), *self._historical.clear()]
         self._owner.session_lost(self, reason, unsent)
 
     # Sending
 
     def submit(self, pending: PendingRequest) -> None:
         """Write ``pending`` now if its rate limit allows, else queue it for the next slot."""
-        if pending.historical:
-            limiter, queue = self._historical, self._historical_queue
-        else:
-            limiter, queue = self._ordinary, self._ordinary_queue
-        if not queue and limiter.try_acquire(self._clock.seconds()):
+        lane = self._historical if pending.historical else self._ordinary
+        if not lane and lane.limiter.try_acquire(self._clock.seconds()):
             self._write(pending)
             return
         pending.state = State.QUEUED
-        queue.append(pending)
+        lane.append(pending)
         self._owner.start_send_timer(pending)
         self._schedule()
 
     def forget(self, pending: PendingRequest) -> None:
         """Remove ``pending`` from this session (it was cancelled or timed out)."""
         if pending.state is State.QUEUED:
-            queue = self._historical_queue if pending.historical else self._ordinary_queue
-            with suppress(ValueError):
-                queue.remove(pending)
+            (self._historical if pending.historical else self._ordinary).remove(pending)
         elif pending.state is State.WRITTEN and pending.client_msg_id is not None:
             self.written.pop(pending.client_msg_id, None)
 
@@ -232,11 +241,10 @@ class Session:
     def _schedule(self) -> None:
         now = self._clock.seconds()
         due: float | None = None
-        if self._ordinary_queue:
-            due = self._ordinary.next_free(now)
-        if self._historical_queue:
-            at = self._historical.next_free(now)
-            due = at if due is None else min(due, at)
+        for lane in (self._ordinary, self._historical):
+            if lane:
+                at = lane.limiter.next_free(now)
+                due = at if due is None else min(due, at)
         pacer = self._pacer
         if pacer is not None and pacer.active():
             if due is not None and pacer.getTime() <= due:
@@ -247,12 +255,9 @@ class Session:
     def _drain(self) -> None:
         self._pacer = None
         now = self._clock.seconds()
-        for limiter, queue in (
-            (self._ordinary, self._ordinary_queue),
-            (self._historical, self._historical_queue),
-        ):
-            while queue and self.connected and limiter.try_acquire(now):
-                self._write(queue.popleft())
+        for lane in (self._ordinary, self._historical):
+            while lane and self.connected and lane.limiter.try_acquire(now):
+                self._write(lane.popleft())
         if self.connected:
             self._schedule()
 
@@ -273,13 +278,30 @@ class Session:
             error = found or ProtocolError(
                 f"unexpected {type(message).__name__} in answer to {pending.name}"
             )
-        if (
-            isinstance(error, RateLimited)
-            and not pending.trading
-            and self._owner.retry_rate_limited(pending, error)
-        ):
+        if isinstance(error, RateLimited) and not pending.trading and pending.retries_left > 0:
+            self._requeue(pending, error)
             return
         self._finish(pending, error)
+
+    def _requeue(self, pending: PendingRequest, error: RateLimited) -> None:
+        """Queue ``pending`` to be sent again, first in its lane, and hold the whole lane
+        (the server refuses the others too) for ``retryAfter``, or else for one window."""
+        pending.retries_left -= 1
+        lane = self._historical if pending.historical else self._ordinary
+        limiter = lane.limiter
+        # Without retryAfter: the server's window was full when it refused, so one window (plus
+        # our margin) from now it has room for everything it had counted until then.
+        wait = error.retry_after or limiter.window + limiter.margin
+        limiter.hold(self._clock.seconds() + wait)
+        self._log.info(
+            "{name} refused for the rate limit ({code}); queued to be sent again",
+            name=pending.name,
+            code=error.code,
+        )
+        pending.state = State.QUEUED
+        lane.requeue(pending)
+        self._owner.start_send_timer(pending)
+        self._schedule()
 
     def _finish(self, pending: PendingRequest, error: Exception) -> None:
         pending.stop_timer()

@@ -5,12 +5,11 @@ A request moves through these states, and holds at most one timer at any time:
 ``WAITING``
     in the client's queue until a session is ready (timer: the send bound);
 ``QUEUED``
-    in a session's rate-limit queue (timer: the send bound);
+    in a session's rate-limit queue, also after the server refused it for its rate (timer:
+    the send bound);
 ``WRITTEN``
     on the wire, in the session's table of written requests by clientMsgId (timer: the answer
     bound);
-``RETRYING``
-    refused for the rate limit, waiting to be sent again (timer: the retry delay);
 ``DONE``
     its Deferred has fired.
 """
@@ -47,7 +46,6 @@ class State(enum.Enum):
     WAITING = "waiting"
     QUEUED = "queued"
     WRITTEN = "written"
-    RETRYING = "retrying"
     DONE = "done"
 
 

@@ -1,44 +1,68 @@
 """Client-side rate limiting: a token bucket whose spent tokens come back one window later.
 
-A :class:`RateLimiter` with ``limit`` tokens and a ``window`` of one second lets at most
-``limit`` sends happen in *any* one-second interval, which satisfies the server whether it counts
-per fixed second, per sliding second, or with a token bucket of that size.  Each spent token
-returns exactly ``window`` seconds after it was spent, so pacing is exact: the next free slot is
-always ``oldest send + window``.  The owner schedules one timer for that instant; there is no
-polling.
+A :class:`RateLimiter` with ``limit`` tokens lets at most ``limit`` sends happen in any interval
+of ``window + margin`` seconds, which satisfies the server whether it counts per fixed second,
+per sliding second, or with a token bucket of that size.  Each spent token returns exactly
+``window + margin`` seconds after it was spent, so pacing is exact: the next free slot is
+always ``oldest send + window + margin``.  The owner schedules one timer for that instant;
+there is no polling.
+
+The margin is there because the server counts *arrivals*, not our writes: a request written
+exactly one window after another may reach the server a little less than a window after it if
+the first one was delayed on the way (scheduling, a busy server, the network).  A few tens of
+milliseconds per window cost little and keep the server from refusing anything.
+
+A :class:`Lane` is a limiter with the requests waiting for it: requests that the server refused
+for its rate go back to the front of their lane, ahead of new ones, in the order they were sent.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
+from typing import Final, Generic, TypeVar
 
-__all__ = ["RateLimiter"]
+__all__ = ["Lane", "RateLimiter"]
+
+_T = TypeVar("_T")
+
+#: Slack when comparing a clock reading with a computed instant: a timer scheduled for
+#: ``due - now`` seconds may fire when the clock reads a hair less than ``due`` (floating
+#: point).  :meth:`RateLimiter.next_free` answers half of it early, :meth:`try_acquire`
+#: accepts all of it, so a timer set for the answer always finds its token.
+_EPSILON: Final = 1e-6
 
 
 class RateLimiter:
-    """At most ``limit`` acquisitions in any interval of ``window`` seconds.
+    """At most ``limit`` acquisitions in any interval of ``window + margin`` seconds.
 
     :param limit: tokens per window; ``0`` or less disables the limit.
-    :param window: the window length in seconds.
+    :param window: the server's window length in seconds.
+    :param margin: extra seconds before a spent token comes back.
     """
 
-    __slots__ = ("_sent", "limit", "window")
+    __slots__ = ("_held_until", "_period", "_sent", "limit", "margin", "window")
 
-    def __init__(self, limit: int, window: float = 1.0) -> None:
+    def __init__(self, limit: int, window: float = 1.0, margin: float = 0.0) -> None:
         self.limit = limit
         self.window = window
+        self.margin = margin
+        self._period = window + margin
         self._sent: deque[float] = deque()
+        self._held_until = 0.0
 
     def try_acquire(self, now: float) -> bool:
         """Take a token if one is free at ``now``; return whether one was taken."""
         limit = self.limit
         if limit <= 0:
             return True
+        if now + _EPSILON < self._held_until:
+            return False
         sent = self._sent
         if len(sent) < limit:
             sent.append(now)
             return True
-        if now >= sent[0] + self.window:  # same sum as next_free(): exact on the timer
+        if now + _EPSILON >= sent[0] + self._period:
             sent.popleft()
             sent.append(now)
             return True
@@ -46,10 +70,70 @@ class RateLimiter:
 
     def next_free(self, now: float) -> float:
         """The earliest time, not before ``now``, at which :meth:`try_acquire` will succeed."""
-        if self.limit <= 0 or len(self._sent) < self.limit:
+        if self.limit <= 0:
             return now
-        return max(now, self._sent[0] + self.window)
+        due = self._held_until
+        if len(self._sent) >= self.limit:
+            due = max(due, self._sent[0] + self._period)
+        return max(now, due - _EPSILON / 2)
+
+    def hold(self, until: float) -> None:
+        """Grant nothing before ``until`` (the server asked us to wait that long)."""
+        self._held_until = max(self._held_until, until)
 
     def reset(self) -> None:
-        """Forget every spent token (a new connection starts with a full bucket)."""
+        """Forget every spent token and hold (a new connection starts with a full bucket)."""
         self._sent.clear()
+        self._held_until = 0.0
+
+
+class Lane(Generic[_T]):
+    """The items waiting for one :class:`RateLimiter`, in the order they may go.
+
+    Items refused by the server and put back with :meth:`requeue` come first, in the order
+    they were put back; then items added with :meth:`append`, in order.
+    """
+
+    __slots__ = ("_fresh", "_retried", "limiter")
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        self.limiter = limiter
+        self._retried: deque[_T] = deque()
+        self._fresh: deque[_T] = deque()
+
+    def __len__(self) -> int:
+        return len(self._retried) + len(self._fresh)
+
+    def __iter__(self) -> Iterator[_T]:
+        yield from self._retried
+        yield from self._fresh
+
+    def append(self, item: _T) -> None:
+        """Add a new item at the end."""
+        self._fresh.append(item)
+
+    def requeue(self, item: _T) -> None:
+        """Put back an item that was sent and refused, ahead of every new item."""
+        self._retried.append(item)
+
+    def popleft(self) -> _T:
+        """Remove and return the next item.
+
+        :raises IndexError: if the lane is empty.
+        """
+        return self._retried.popleft() if self._retried else self._fresh.popleft()
+
+    def remove(self, item: _T) -> bool:
+        """Remove ``item`` if it waits here; return whether it did."""
+        for queue in (self._retried, self._fresh):
+            if item in queue:
+                queue.remove(item)
+                return True
+        return False
+
+    def clear(self) -> list[_T]:
+        """Empty the lane; return what waited, in order."""
+        items = [*self._retried, *self._fresh]
+        self._retried.clear()
+        self._fresh.clear()
+        return items

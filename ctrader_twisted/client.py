@@ -37,7 +37,6 @@ from .errors import (
     CTraderError,
     NotConnected,
     OpenApiError,
-    RateLimited,
     RequestTimeout,
 )
 from .protocol import DEFAULT_MAX_LENGTH, OpenApiProtocol
@@ -46,6 +45,7 @@ from .tls import DEMO_HOST, LIVE_HOST, PORT, tls_endpoint
 __all__ = [
     "DEFAULT_DEAD_LINK_TIMEOUT",
     "DEFAULT_HEARTBEAT_INTERVAL",
+    "DEFAULT_RATE_MARGIN",
     "DEFAULT_REQUEST_TIMEOUT",
     "DEFAULT_SEND_TIMEOUT",
     "DEMO_HOST",
@@ -65,6 +65,8 @@ DEFAULT_SEND_TIMEOUT: Final = 30.0
 DEFAULT_HEARTBEAT_INTERVAL: Final = 10.0
 #: Seconds without receiving anything after which the link counts as dead.
 DEFAULT_DEAD_LINK_TIMEOUT: Final = 40.0
+#: Seconds added to the rate-limit window before a request's slot is reused.
+DEFAULT_RATE_MARGIN: Final = 0.05
 
 _ANSWER_TYPES: Final = {req: m.payload_type_of(res) for req, res in m.RESPONSE_TYPES.items()}
 _ACCOUNT_DISCONNECT: Final = m.payload_type_of(m.ProtoOAAccountDisconnectEvent)
@@ -100,9 +102,11 @@ class Client(AccountMethods, Service):
     :param dead_link_timeout: drop and reconnect after this long without receiving (0: never).
     :param rate_limit: requests per ``rate_window`` for ordinary requests (0: unlimited).
     :param historical_rate_limit: requests per ``rate_window`` for historical requests.
-    :param rate_window: the rate-limit window in seconds.
+    :param rate_window: the server's rate-limit window in seconds.
+    :param rate_margin: extra seconds before a sent request's slot is used again, so that
+        delays on the way to the server never make it count more than the limit in a window.
     :param rate_limit_retries: how often a non-trading request refused for the rate limit is
-        sent again (after ``retryAfter``, or a doubling delay from ``rate_window``).
+        queued again (first in line; its lane waits for ``retryAfter``, or one window).
     :param reconnect_initial_delay: first reconnect delay in seconds.
     :param reconnect_max_delay: cap of the reconnect delay in seconds.
     :param reconnect_factor: growth factor of the reconnect delay per failed attempt.
@@ -129,6 +133,7 @@ class Client(AccountMethods, Service):
         rate_limit: int = 50,
         historical_rate_limit: int = 5,
         rate_window: float = 1.0,
+        rate_margin: float = DEFAULT_RATE_MARGIN,
         rate_limit_retries: int = 3,
         reconnect_initial_delay: float = 0.5,
         reconnect_max_delay: float = 30.0,
@@ -147,6 +152,7 @@ class Client(AccountMethods, Service):
         self._heartbeat_interval = heartbeat_interval
         self._dead_link_timeout = dead_link_timeout
         self._rate_window = rate_window
+        self._rate_margin = rate_margin
         self._rate_limit_retries = rate_limit_retries
         self._backoff = (reconnect_initial_delay, reconnect_max_delay, reconnect_factor)
         self._jitter = reconnect_jitter
@@ -373,19 +379,6 @@ class Client(AccountMethods, Service):
             self._session.forget(pending)
         self._finish(pending, RequestTimeout(pending.name, pending.send_timeout, sent=False))
 
-    def _resend(self, pending: PendingRequest) -> None:
-        pending.timer = None
-        session = self._session
-        if pending.session is not None:
-            if pending.session is session and session is not None and session.connected:
-                session.submit(pending)
-            else:
-                self._finish(pending, NotConnected("the connection closed"))
-        elif self._ready and session is not None:
-            session.submit(pending)
-        else:
-            self._wait(pending)
-
     def _abandon(self, error: CTraderError) -> None:
         waiting, self._waiting = self._waiting, deque()
         for pending in waiting:
@@ -403,22 +396,6 @@ class Client(AccountMethods, Service):
     def start_send_timer(self, pending: PendingRequest) -> None:
         if pending.timer is None:
             pending.timer = self._clock.callLater(pending.send_timeout, self._send_expired, pending)
-
-    def retry_rate_limited(self, pending: PendingRequest, error: RateLimited) -> bool:
-        used = self._rate_limit_retries - pending.retries_left
-        if pending.retries_left <= 0:
-            return False
-        pending.retries_left -= 1
-        delay = error.retry_after if error.retry_after else self._rate_window * 2**used
-        self._log.info(
-            "{name} refused for the rate limit ({code}); sending again in {delay} s",
-            name=pending.name,
-            code=error.code,
-            delay=delay,
-        )
-        pending.state = State.RETRYING
-        pending.timer = self._clock.callLater(delay, self._resend, pending)
-        return True
 
     def session_connected(self, session: Session) -> None:
         self._session = session
@@ -476,6 +453,7 @@ class Client(AccountMethods, Service):
             rate_limit=self._limits[0],
             historical_rate_limit=self._limits[1],
             rate_window=self._rate_window,
+            rate_margin=self._rate_margin,
             heartbeat_interval=self._heartbeat_interval,
             dead_link_timeout=self._dead_link_timeout,
         )

@@ -136,7 +136,7 @@ class RequestTests(ClientTestCase):
     def test_ids_are_unique(self) -> None:
         h = self.ready()
         answers = [h.client.request(m.ProtoOAVersionReq()) for _ in range(50)]
-        h.advance(1.0)  # the app auth used one of the 50 tokens of the first second
+        h.advance(1.05)  # the app auth used one of the 50 tokens (back after 1 s + the margin)
         for answer in answers:
             self.successResultOf(answer)
         ids = [cid for cid, _ in h.server.received]
@@ -243,7 +243,7 @@ class TimeoutTests(ClientTestCase):
 
     def test_send_timeout_while_rate_limited(self) -> None:
         h = self.ready(rate_limit=1, send_timeout=0.5)
-        h.advance(1.0)  # the app auth used the only token of the first second
+        h.advance(1.05)  # the app auth used the only token (back after 1 s + the margin)
         h.client.request(m.ProtoOAVersionReq())
         held = h.client.request(m.ProtoOAVersionReq())
         h.advance(0.5)
@@ -289,7 +289,7 @@ class CancelTests(ClientTestCase):
 
     def test_cancel_rate_limited_request(self) -> None:
         h = self.ready(rate_limit=1)
-        h.advance(1.0)  # the app auth used the only token of the first second
+        h.advance(1.05)  # the app auth used the only token (back after 1 s + the margin)
         h.client.request(m.ProtoOAVersionReq())
         held = h.client.request(m.ProtoOAVersionReq())
         held.cancel()
@@ -320,7 +320,7 @@ class DisconnectTests(ClientTestCase):
 
     def test_rate_limited_requests_carry_over(self) -> None:
         h = self.ready(rate_limit=1)
-        h.advance(1.0)  # the app auth used the only token of the first second
+        h.advance(1.05)  # the app auth used the only token (back after 1 s + the margin)
         h.server.silent.add(m.ProtoOAVersionReq)
         first = h.client.request(m.ProtoOAVersionReq())
         held = h.client.request(m.ProtoOAAssetListReq(ctidTraderAccountId=1))
@@ -330,7 +330,7 @@ class DisconnectTests(ClientTestCase):
         self.assertNoResult(held)
         h.advance(1.0)  # reconnected; the app auth took this second's token
         self.assertNoResult(held)
-        h.advance(1.0)
+        h.advance(1.05)
         self.successResultOf(held)
 
     def test_trading_request_not_ready_fails_at_once(self) -> None:
@@ -357,7 +357,7 @@ class DisconnectTests(ClientTestCase):
 
     def test_trading_request_held_by_rate_limit_not_carried_over(self) -> None:
         h = self.ready(rate_limit=1)
-        h.advance(1.0)  # the app auth used the only token of the first second
+        h.advance(1.05)  # the app auth used the only token (back after 1 s + the margin)
         order = m.ProtoOANewOrderReq(
             ctidTraderAccountId=1001, symbolId=1, orderType=1, tradeSide=1, volume=100000
         )

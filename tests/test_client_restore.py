@@ -1,4 +1,5 @@
-"""Client session restore, reconnect backoff, fatal auth, rate limits and account events."""
+"""Client session restore, reconnect backoff, fatal auth and account events (rate limits:
+``test_client_ratelimit.py``)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from ctrader_twisted import messages as m
-from ctrader_twisted.errors import AccountAuthError, ApplicationAuthError, NotConnected, RateLimited
+from ctrader_twisted.errors import AccountAuthError, ApplicationAuthError, NotConnected
 
-from .fakeserver import TOKEN, FakeConnection
+from .fakeserver import TOKEN
 from .test_client import ClientTestCase, Harness
 
 
@@ -174,103 +175,6 @@ class FatalAuthTests(ClientTestCase):
         h.advance(120)
         self.assertEqual(h.endpoint.attempts, 1)
         self.assertEqual(h.clock.getDelayedCalls(), [])
-
-
-class RateLimitTests(ClientTestCase):
-    def test_no_delay_under_the_limit(self) -> None:
-        h = self.ready(rate_limit=5)
-        h.advance(1.0)
-        for _ in range(5):
-            h.client.request(m.ProtoOAVersionReq())
-        h.flush()  # moves bytes only: no clock advance
-        self.assertEqual(h.server.names().count("ProtoOAVersionReq"), 5)
-
-    def test_exact_pacing_over_the_limit(self) -> None:
-        h = self.ready(rate_limit=2, heartbeat_interval=0, dead_link_timeout=0)
-        h.advance(1.0)
-        start = h.clock.seconds()
-        answers = [h.client.request(m.ProtoOAVersionReq()) for _ in range(5)]
-        h.flush()
-        self.assertEqual(len(h.server.received), 2)
-        # one pacer timer, plus the send bound of each of the 3 held requests
-        self.assertEqual(len(h.clock.getDelayedCalls()), 4)
-        h.advance(0.999)
-        self.assertEqual(len(h.server.received), 2)
-        h.advance(0.001)
-        self.assertEqual(len(h.server.received), 4)
-        self.assertEqual(h.clock.seconds() - start, 1.0)
-        h.advance(1.0)
-        self.assertEqual(len(h.server.received), 5)
-        for answer in answers:
-            self.successResultOf(answer)
-
-    def test_historical_bucket_is_separate(self) -> None:
-        h = self.ready(historical_rate_limit=1)
-        history = m.ProtoOAGetTrendbarsReq(
-            ctidTraderAccountId=1, symbolId=1, period=1, fromTimestamp=0, toTimestamp=1
-        )
-        h.server.silent.add(m.ProtoOAGetTrendbarsReq)
-        first = h.client.request(history)
-        second = h.client.request(history)
-        version = h.client.request(m.ProtoOAVersionReq())
-        h.flush()
-        self.successResultOf(version)
-        self.assertEqual(h.server.names().count("ProtoOAGetTrendbarsReq"), 1)
-        h.advance(1.0)
-        self.assertEqual(h.server.names().count("ProtoOAGetTrendbarsReq"), 2)
-        for d in (first, second):
-            d.cancel()
-            self.failureResultOf(d)
-
-    def test_retry_after_retry_after(self) -> None:
-        h = self.ready()
-        calls: list[str | None] = []
-
-        def blocked_once(conn: FakeConnection, cid: str | None, message: Any) -> None:
-            calls.append(cid)
-            if len(calls) == 1:
-                conn.error(cid, "BLOCKED_PAYLOAD_TYPE", retryAfter=2)
-            else:
-                conn.send(m.ProtoOAVersionRes(version="91"), cid)
-
-        h.server.handlers[m.ProtoOAVersionReq] = blocked_once
-        answer = h.client.request(m.ProtoOAVersionReq())
-        h.flush()
-        h.advance(1.9)
-        self.assertNoResult(answer)
-        self.assertEqual(len(calls), 1)
-        h.advance(0.1)
-        self.successResultOf(answer)
-        self.assertEqual(len(calls), 2)
-        self.assertNotEqual(calls[0], calls[1])
-
-    def test_retries_are_bounded(self) -> None:
-        h = self.ready(rate_limit_retries=2)
-        h.server.handlers[m.ProtoOAVersionReq] = lambda conn, cid, msg: conn.error(
-            cid, "REQUEST_FREQUENCY_EXCEEDED"
-        )
-        answer = h.client.request(m.ProtoOAVersionReq())
-        h.flush()
-        h.advance(1.0)
-        h.advance(2.0)
-        self.assertEqual(
-            self.failureResultOf(answer, RateLimited).value.code, "REQUEST_FREQUENCY_EXCEEDED"
-        )
-        self.assertEqual(h.server.names().count("ProtoOAVersionReq"), 3)
-
-    def test_trading_requests_are_not_retried(self) -> None:
-        h = self.ready()
-        h.server.handlers[m.ProtoOANewOrderReq] = lambda conn, cid, msg: conn.error(
-            cid, "REQUEST_FREQUENCY_EXCEEDED"
-        )
-        order = m.ProtoOANewOrderReq(
-            ctidTraderAccountId=1001, symbolId=1, orderType=1, tradeSide=1, volume=100000
-        )
-        answer = h.client.request(order)
-        h.flush()
-        self.failureResultOf(answer, RateLimited)
-        h.advance(10.0)
-        self.assertEqual(h.server.names().count("ProtoOANewOrderReq"), 1)
 
 
 class AccountEventTests(ClientTestCase):
