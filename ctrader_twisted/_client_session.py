@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 
 from ._failure import failure_of
 from ._pending import PendingRequest, State
-from ._ratelimit import Lane, RateLimiter
+from ._ratelimit import Lane, RateLimiter, Slot
 from .errors import (
     ConnectionLost,
     MalformedMessage,
@@ -202,8 +202,9 @@ class Session:
     def submit(self, pending: PendingRequest) -> None:
         """Write ``pending`` now if its rate limit allows, else queue it for the next slot."""
         lane = self._historical if pending.historical else self._ordinary
-        if not lane and lane.limiter.try_acquire(self._clock.seconds()):
-            self._write(pending)
+        slot = None if lane else lane.limiter.try_acquire(self._clock.seconds())
+        if slot is not None:
+            self._write(pending, slot)
             return
         pending.state = State.QUEUED
         lane.append(pending)
@@ -222,12 +223,13 @@ class Session:
         if self.protocol is not None and self.connected:
             self.protocol.close(abort=abort)
 
-    def _write(self, pending: PendingRequest) -> None:
+    def _write(self, pending: PendingRequest, slot: Slot) -> None:
         protocol = self.protocol
         assert protocol is not None  # submit() is only called on connected sessions
         client_msg_id = self._owner.next_client_msg_id()
         pending.stop_timer()
         pending.client_msg_id = client_msg_id
+        pending.rate_slot = slot
         pending.state = State.WRITTEN
         # Registered (and timed) before the write: a synchronous transport may answer at once.
         self.written[client_msg_id] = pending
@@ -256,8 +258,11 @@ class Session:
         self._pacer = None
         now = self._clock.seconds()
         for lane in (self._ordinary, self._historical):
-            while lane and self.connected and lane.limiter.try_acquire(now):
-                self._write(lane.popleft())
+            while lane and self.connected:
+                slot = lane.limiter.try_acquire(now)
+                if slot is None:
+                    break
+                self._write(lane.popleft(), slot)
         if self.connected:
             self._schedule()
 
@@ -265,6 +270,9 @@ class Session:
 
     def _settle(self, pending: PendingRequest, payload_type: int, message: object) -> None:
         pending.stop_timer()
+        slot, pending.rate_slot = pending.rate_slot, None
+        if slot is not None:
+            slot.answered(self._clock.seconds())  # the server counted the request by now
         if not isinstance(message, Message):
             error: Exception = ProtocolError(
                 f"unknown payload type {payload_type} in answer to {pending.name}"

@@ -24,6 +24,7 @@ from google.protobuf.message import Message
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 
+from ._ratelimit import Slot
 from .messages import ProtoMessage
 
 __all__ = ["PendingRequest", "State", "encode_id"]
@@ -66,6 +67,7 @@ class PendingRequest:
         "name",
         "payload",
         "payload_type",
+        "rate_slot",
         "retries_left",
         "send_timeout",
         "session",
@@ -102,6 +104,8 @@ class PendingRequest:
         self.state = State.WAITING
         self.client_msg_id: str | None = None
         self.timer: IDelayedCall | None = None
+        #: The rate-limit token of the current attempt, until its answer arrives.
+        self.rate_slot: Slot | None = None
         self.deferred: Deferred[Message] = Deferred(canceller)
 
     def frame_body(self, client_msg_id: str) -> bytes:

@@ -1,16 +1,19 @@
 """Client-side rate limiting: a token bucket whose spent tokens come back one window later.
 
-A :class:`RateLimiter` with ``limit`` tokens lets at most ``limit`` sends happen in any interval
-of ``window + margin`` seconds, which satisfies the server whether it counts per fixed second,
-per sliding second, or with a token bucket of that size.  Each spent token returns exactly
-``window + margin`` seconds after it was spent, so pacing is exact: the next free slot is
-always ``oldest send + window + margin``.  The owner schedules one timer for that instant;
-there is no polling.
+A :class:`RateLimiter` with ``limit`` tokens lets at most ``limit`` requests be counted by the
+server in any window, whether it counts per fixed second, per sliding second, or with a token
+bucket of that size.  Each request takes a token (a :class:`Slot`) when it is written; the token
+comes back one ``window`` after the time the server may have counted the request, so pacing is
+exact: the next free slot is always ``oldest counted + window``.  The owner schedules one timer
+for that instant; there is no polling.
 
-The margin is there because the server counts *arrivals*, not our writes: a request written
-exactly one window after another may reach the server a little less than a window after it if
-the first one was delayed on the way (scheduling, a busy server, the network).  A few tens of
-milliseconds per window cost little and keep the server from refusing anything.
+When does the server count a request?  It counts *arrivals*, not our writes, and a request that
+was delayed on the way (a busy server, scheduling, the network) is counted late; a request
+written exactly one window after it could then arrive less than a window after it and be
+refused.  So a slot's count time is first the write time plus a ``margin`` (a few tens of
+milliseconds), and when the answer arrives it moves up to the answer's arrival if that is
+later: the server cannot have counted a request after answering it.  Below the limit no
+request waits; over it, pacing adapts to the server's real delays.
 
 A :class:`Lane` is a limiter with the requests waiting for it: requests that the server refused
 for its rate go back to the front of their lane, ahead of new ones, in the order they were sent.
@@ -22,7 +25,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Final, Generic, TypeVar
 
-__all__ = ["Lane", "RateLimiter"]
+__all__ = ["Lane", "RateLimiter", "Slot"]
 
 _T = TypeVar("_T")
 
@@ -33,48 +36,68 @@ _T = TypeVar("_T")
 _EPSILON: Final = 1e-6
 
 
+class Slot:
+    """One spent token: when the server may have counted the request that took it.
+
+    :ivar counted: the latest time the server may have counted the request (clock seconds).
+    """
+
+    __slots__ = ("counted",)
+
+    def __init__(self, counted: float) -> None:
+        self.counted = counted
+
+    def answered(self, now: float) -> None:
+        """The request's answer arrived at ``now``: the server counted it by then."""
+        if now > self.counted:
+            self.counted = now
+
+
 class RateLimiter:
-    """At most ``limit`` acquisitions in any interval of ``window + margin`` seconds.
+    """At most ``limit`` requests counted by the server in any ``window`` seconds.
 
     :param limit: tokens per window; ``0`` or less disables the limit.
     :param window: the server's window length in seconds.
-    :param margin: extra seconds before a spent token comes back.
+    :param margin: seconds after its write until which a request without an answer yet may
+        still be counted by the server.
     """
 
-    __slots__ = ("_held_until", "_period", "_sent", "limit", "margin", "window")
+    __slots__ = ("_held_until", "_sent", "limit", "margin", "window")
 
     def __init__(self, limit: int, window: float = 1.0, margin: float = 0.0) -> None:
         self.limit = limit
         self.window = window
         self.margin = margin
-        self._period = window + margin
-        self._sent: deque[float] = deque()
+        self._sent: deque[Slot] = deque()
         self._held_until = 0.0
 
-    def try_acquire(self, now: float) -> bool:
-        """Take a token if one is free at ``now``; return whether one was taken."""
+    def try_acquire(self, now: float) -> Slot | None:
+        """Take a token if one is free at ``now``.
+
+        :returns: the new :class:`Slot` (tell it when the answer arrives), or ``None``.
+        """
         limit = self.limit
         if limit <= 0:
-            return True
+            return Slot(now)
         if now + _EPSILON < self._held_until:
-            return False
+            return None
         sent = self._sent
-        if len(sent) < limit:
-            sent.append(now)
-            return True
-        if now + _EPSILON >= sent[0] + self._period:
+        if len(sent) >= limit:
+            if now + _EPSILON < sent[0].counted + self.window:
+                return None
             sent.popleft()
-            sent.append(now)
-            return True
-        return False
+        slot = Slot(now + self.margin)
+        sent.append(slot)
+        return slot
 
     def next_free(self, now: float) -> float:
-        """The earliest time, not before ``now``, at which :meth:`try_acquire` will succeed."""
+        """The earliest time, not before ``now``, at which :meth:`try_acquire` will succeed
+        (unless an answer arrives late meanwhile and moves it on)."""
         if self.limit <= 0:
             return now
         due = self._held_until
         if len(self._sent) >= self.limit:
-            due = max(due, self._sent[0] + self._period)
+            due = max(due, self._sent[0].counted + self.window)
         return max(now, due - _EPSILON / 2)
 
     def hold(self, until: float) -> None:

@@ -91,6 +91,26 @@ class PacingTests(RateLimitTestCase):
         h.advance(0.001)
         self.assertEqual(self.count(h), 2)
 
+    def test_late_answer_delays_the_next_slot(self) -> None:
+        """The server may count a request as late as it answers it: its token comes back one
+        window after the answer when that is later than the write plus the margin."""
+        h = self.fresh(rate_limit=1)
+        h.server.silent.add(m.ProtoOAVersionReq)
+        first = h.client.request(m.ProtoOAVersionReq())
+        second = h.client.request(m.ProtoOAVersionReq())
+        h.flush()
+        cid = h.server.received[-1][0]
+        h.advance(0.3)
+        h.server.current.send(m.ProtoOAVersionRes(version="slow"), cid)
+        h.flush()
+        self.successResultOf(first)
+        h.advance(1.0 - 0.001)  # 1.05 s after the write has passed, 1 s after the answer not
+        self.assertEqual(self.count(h), 1)
+        h.advance(0.001)
+        self.assertEqual(self.count(h), 2)
+        second.cancel()
+        self.failureResultOf(second)
+
     def test_historical_bucket_is_separate(self) -> None:
         h = self.fresh(historical_rate_limit=1)
         h.server.silent.add(m.ProtoOAGetTrendbarsReq)

@@ -23,6 +23,17 @@ class RateLimiterTests(SynchronousTestCase):
         self.assertFalse(limiter.try_acquire(1.049))
         self.assertTrue(limiter.try_acquire(limiter.next_free(0.0)))
 
+    def test_late_answer_moves_the_token_return(self) -> None:
+        limiter = RateLimiter(1, 1.0, 0.05)
+        slot = limiter.try_acquire(0.0)
+        assert slot is not None
+        slot.answered(0.01)  # answered within the margin: no change
+        self.assertAlmostEqual(limiter.next_free(0.0), 1.05, places=5)
+        slot.answered(0.3)  # the server was slow: it may have counted the request at 0.3
+        self.assertAlmostEqual(limiter.next_free(0.0), 1.3, places=5)
+        self.assertIsNone(limiter.try_acquire(1.2))
+        self.assertIsNotNone(limiter.try_acquire(1.3))
+
     def test_next_free_is_now_when_a_token_is_free(self) -> None:
         limiter = RateLimiter(2, 1.0, 0.05)
         limiter.try_acquire(0.0)
