@@ -70,7 +70,7 @@ class SessionOwner(Protocol):
 
 
 class Session:
-    """Client side of one connection.
+    """Client side of one connection (an :class:`~ctrader_twisted.protocol.EventHandler`).
 
     :param owner: the client.
     :param clock: the client's clock.
@@ -149,6 +149,21 @@ class Session:
                 listener(message)
             except Exception:
                 self._listener_failed(listener, message)
+
+    def event_received(
+        self, protocol: OpenApiProtocol, payload_type: int, message: Message
+    ) -> None:
+        # The fast lane (see EventHandler): a known payload type without a clientMsgId.
+        if payload_type in self._special_types:
+            self._special(payload_type, None, message)
+            return
+        listeners = self._listeners.get(payload_type)
+        if listeners is not None:
+            for listener in listeners:
+                try:
+                    listener(message)
+                except Exception:
+                    self._listener_failed(listener, message)
 
     def _special(
         self, payload_type: int, client_msg_id: str | None, message: Message | UnknownMessage

@@ -23,13 +23,14 @@ from twisted.python.failure import Failure
 from ._failure import failure_of
 from .errors import FrameTooLarge, MalformedMessage, ProtocolError
 from .messages import Envelope, decode_envelope, encode_message
-from .messages._codec import decode_span
+from .messages._codec import decode_plain, decode_span
 
-__all__ = ["DEFAULT_MAX_LENGTH", "MessageHandler", "OpenApiProtocol"]
+__all__ = ["DEFAULT_MAX_LENGTH", "EventHandler", "MessageHandler", "OpenApiProtocol"]
 
 #: Largest frame accepted, in bytes (16 MiB).  Twisted's default of 99,999 bytes would cut off
 #: large symbol lists and history pages; the official SDK uses 15,000,000.
 _T = TypeVar("_T")
+_Event = Callable[["MessageHandler", "OpenApiProtocol", int, Message], None]
 _PREFIX: Final = struct.Struct("!I")
 
 DEFAULT_MAX_LENGTH: Final = 16 * 1024 * 1024
@@ -50,6 +51,24 @@ class MessageHandler(Protocol):
     def connection_lost(self, protocol: OpenApiProtocol, reason: Failure) -> None:
         """The connection ended.  ``reason`` wraps a :class:`ProtocolError` when we closed it
         because the peer broke the framing."""
+
+
+class EventHandler(MessageHandler, Protocol):
+    """A :class:`MessageHandler` with a fast lane for plain frames.
+
+    A handler whose *class* defines :meth:`event_received` gets every plain frame (a known
+    payload type and no clientMsgId: nearly every event, see
+    :func:`~ctrader_twisted.messages._codec.decode_plain`) there, without an
+    :class:`~ctrader_twisted.messages.Envelope` being built; other frames still arrive at
+    :meth:`envelope_received`.  The method is looked up on the class, so that a wrapper that
+    forwards unknown attributes to a handler does not bypass its own ``envelope_received``.
+    """
+
+    def event_received(
+        self, protocol: OpenApiProtocol, payload_type: int, message: Message
+    ) -> None:
+        """Must do what ``envelope_received(protocol, Envelope(payload_type, None, message))``
+        does."""
 
 
 class OpenApiProtocol(Int32StringReceiver):
@@ -121,13 +140,15 @@ class OpenApiProtocol(Int32StringReceiver):
         """Decode and deliver every whole frame in ``buffer``; return where the rest begins.
 
         The hot path of every connection: one loop over the frames of a read, each decoded in
-        place (:func:`~ctrader_twisted.messages._codec.decode_span`) and handed straight to the
-        handler, without a call per frame through :meth:`stringReceived`.
+        place and handed straight to the handler, plain frames to its fast lane if it has one
+        (:class:`EventHandler`), without a call per frame through :meth:`stringReceived`.
         """
         size = len(buffer)
         offset = count = 0
         limit = self.MAX_LENGTH
-        deliver = self.handler.envelope_received
+        handler = self.handler
+        deliver = handler.envelope_received
+        event: _Event | None = getattr(type(handler), "event_received", None)
         unpack = _PREFIX.unpack_from
         while size - offset >= 4 and not self.paused:
             (length,) = unpack(buffer, offset)
@@ -140,6 +161,14 @@ class OpenApiProtocol(Int32StringReceiver):
                 break
             offset = end
             count += 1
+            if event is not None:
+                plain = decode_plain(buffer, start, end)
+                if plain is not None:
+                    try:
+                        event(handler, self, plain[0], plain[1])
+                    except Exception:
+                        self._handler_failed()
+                    continue
             if not length:
                 self._log.debug("ignoring a zero-length frame")
                 continue

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import struct
+from typing import Any
 
+from google.protobuf.message import Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
@@ -200,3 +202,92 @@ class FramingTests(SynchronousTestCase):
         protocol.connectionLost(Failure(ConnectionError("bye")))
         self.assertIsInstance(recorder.lost[0].value, ConnectionError)
         self.assertFalse(protocol.connected_now)
+
+
+class FastLaneRecorder(Recorder):
+    """A Recorder with the fast lane for plain frames; it notes which frames took it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fast = 0
+
+    def event_received(
+        self, protocol: OpenApiProtocol, payload_type: int, message: Message
+    ) -> None:
+        self.fast += 1
+        self.envelopes.append(m.Envelope(payload_type, None, message))
+
+
+class Forwarder:
+    """Wraps a handler and forwards what it does not define (as test taps do)."""
+
+    def __init__(self, inner: Recorder) -> None:
+        self.inner = inner
+        self.seen = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def envelope_received(self, protocol: OpenApiProtocol, envelope: m.Envelope) -> None:
+        self.seen += 1
+        self.inner.envelope_received(protocol, envelope)
+
+
+class FastLaneTests(SynchronousTestCase):
+    def test_plain_frames_take_the_fast_lane(self) -> None:
+        recorder = FastLaneRecorder()
+        protocol = OpenApiProtocol(recorder, Clock())
+        protocol.makeConnection(StringTransport())
+        protocol.dataReceived(STREAM)
+        self.assertEqual(_decoded(recorder), EXPECTED)
+        self.assertEqual(recorder.fast, 1)  # the spot event; the others have ids or 1-byte types
+
+    def test_forwarding_wrapper_keeps_every_frame(self) -> None:
+        recorder = FastLaneRecorder()
+        wrapper = Forwarder(recorder)
+        protocol = OpenApiProtocol(wrapper, Clock())
+        protocol.makeConnection(StringTransport())
+        protocol.dataReceived(STREAM)
+        self.assertEqual(wrapper.seen, 4)
+        self.assertEqual(recorder.fast, 0)
+
+    def test_fast_lane_handler_exception_is_logged_not_raised(self) -> None:
+        class Failing(FastLaneRecorder):
+            def event_received(self, protocol: OpenApiProtocol, pt: int, message: Message) -> None:
+                raise ValueError("listener bug")
+
+        failing = Failing()
+        protocol = OpenApiProtocol(failing, Clock())
+        protocol.makeConnection(StringTransport())
+        protocol.dataReceived(STREAM + STREAM)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 2)
+        self.assertEqual(len(failing.envelopes), 6)
+        self.assertEqual(protocol.frames_received, 8)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    frames=st.lists(
+        st.sampled_from(SAMPLE)
+        | st.binary(max_size=30).map(lambda body: struct.pack("!I", len(body)) + body),
+        max_size=12,
+    ),
+    cuts=st.lists(st.integers(0, 400), max_size=10),
+)
+def test_fast_lane_sees_what_the_envelope_path_sees(frames: list[bytes], cuts: list[int]) -> None:
+    stream = b"".join(frames)
+    points = sorted({c for c in cuts if c <= len(stream)} | {0, len(stream)})
+    results = []
+    for handler in (Recorder(), FastLaneRecorder()):
+        protocol = OpenApiProtocol(handler, Clock())
+        protocol.makeConnection(StringTransport())
+        for start, end in itertools.pairwise(points):
+            protocol.dataReceived(stream[start:end])
+        results.append(
+            (
+                [(e.payload_type, e.client_msg_id, repr(e.message)) for e in handler.envelopes],
+                [str(error) for error in handler.errors],
+                protocol.frames_received,
+            )
+        )
+    assert results[0] == results[1]

@@ -20,6 +20,7 @@ __all__ = [
     "Envelope",
     "UnknownMessage",
     "decode_envelope",
+    "decode_plain",
     "decode_span",
     "encode_frame",
     "encode_message",
@@ -110,15 +111,26 @@ def decode_envelope(data: bytes, *, strict: bool = False) -> Envelope:
 def decode_span(buffer: bytes, start: int, end: int) -> Envelope:
     """``decode_envelope(buffer[start:end])``, without copying the frame out of ``buffer`` first.
 
-    The framing loop's entry point.  Almost every frame a server sends (events above all) is
-    exactly ``payloadType`` (a known type whose number takes a two-byte varint), then
-    ``payload`` up to the end: no clientMsgId, no repeated or reordered fields.  For that shape
-    the envelope's fields are read here from the bytes and only the payload is parsed, once.
-    Any other shape, and a payload that does not parse, goes to the general decoder, which
-    decides (and reports errors) as always: the results are the same for every input
-    (``tests/test_codec.py`` compares both on hostile envelopes).
-
     :raises MalformedMessage: as :func:`decode_envelope` does.
+    """
+    plain = decode_plain(buffer, start, end)
+    if plain is not None:
+        return _new_envelope(Envelope, (plain[0], None, plain[1]))
+    return _decode_general(buffer[start:end], False)
+
+
+def decode_plain(buffer: bytes, start: int, end: int) -> tuple[int, Message] | None:
+    """Decode the frame ``buffer[start:end]`` if it has the plain shape, with one parse.
+
+    Almost every frame a server sends (events above all) is exactly ``payloadType`` (a known
+    type whose number takes a two-byte varint), then ``payload`` up to the end: no clientMsgId,
+    no repeated or reordered fields.  For that shape the envelope's fields are read here from
+    the bytes and only the payload is parsed, once, instead of parsing the envelope and then
+    its payload.  Any other shape, and a payload that does not parse, returns ``None``: the
+    general decoder then decides (and reports errors) as always, and for every input the result
+    is the same as its result (``tests/test_codec.py`` compares both on hostile envelopes).
+
+    :returns: the payload type and the message, or ``None``.
     """
     if end - start > 4:
         known = _PLAIN_HEADERS.get(buffer[start : start + 4])
@@ -131,12 +143,10 @@ def decode_span(buffer: bytes, start: int, end: int) -> Envelope:
             # The last length byte must end the varint (a lone byte above 0x7F does not).
             if begin + size == end and buffer[begin - 1] <= 0x7F:
                 try:
-                    message = known[1](buffer[begin:end])
+                    return known[0], known[1](buffer[begin:end])
                 except DecodeError:
                     pass  # the general decoder reports it
-                else:
-                    return _new_envelope(Envelope, (known[0], None, message))
-    return _decode_general(buffer[start:end], False)
+    return None
 
 
 def _decode_general(data: bytes, strict: bool) -> Envelope:
