@@ -10,7 +10,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ctrader_twisted.recorder._rows import BarRow, DepthRow, SpotRow
-from ctrader_twisted.recorder.storage import Batch
+from ctrader_twisted.recorder.storage import Batch, StorageError
 
 __all__ = ["BatchWriter", "BatchStore"]
 
@@ -31,7 +31,8 @@ class BatchWriter:
 
     A batch is written when it reaches ``max_rows`` rows or ``max_delay`` seconds after its first
     row, whichever comes first.  Only one write runs at a time; rows arriving meanwhile form the
-    next batch.  A failed write is retried (the batch is kept) after a second.
+    next batch.  A failed write is retried (the batch is kept) after a second, until
+    :meth:`abandon`.
 
     :param store: where batches go.
     :param clock: schedules the delayed flushes.
@@ -58,6 +59,7 @@ class BatchWriter:
         self._waiters: list[tuple[int, Deferred[None]]] = []
         self._started = 0  # number of the last batch handed to the store
         self._done = 0  # number of the last batch the store confirmed
+        self._abandoned = False
         self.rows_written = 0
         self.batches_written = 0
         self.write_failures = 0
@@ -105,7 +107,30 @@ class BatchWriter:
         """Cancel the delayed-flush timer (call after the final :meth:`flush`)."""
         self._cancel_timer()
 
+    def abandon(self) -> int:
+        """Give up: drop the queued rows and retry nothing any more (a stop that timed out).
+
+        A write already running is left to finish (its rows count as written if it succeeds);
+        waiting :meth:`flush` Deferreds fail with :class:`StorageError`.  Later rows are
+        dropped.
+
+        :returns: the number of rows not written: those queued, plus those of a write still
+            running (whose outcome is not known yet).
+        """
+        lost = self.rows_pending
+        self._abandoned = True
+        self._cancel_timer()
+        self._pending = Batch()
+        self._first_pending_at = None
+        waiters, self._waiters = self._waiters, []
+        for _, waiter in waiters:
+            waiter.errback(StorageError(f"gave up with {lost} row(s) not written"))
+        return lost
+
     def _added(self) -> None:
+        if self._abandoned:
+            self._pending = Batch()
+            return
         if self._first_pending_at is None:
             self._first_pending_at = self._clock.seconds()
         if len(self._pending) >= self._max_rows:
@@ -140,11 +165,21 @@ class BatchWriter:
     def _failed(self, failure: Failure) -> None:
         self.write_failures += 1
         batch, self._writing = self._writing, None
+        if self._abandoned:
+            return
         if batch is not None:
             self._requeue(batch)
-        self._log.failure(
-            "Database write failed; retrying in {delay} s", failure, delay=_RETRY_DELAY
-        )
+        if isinstance(failure.value, StorageError):  # the database's own error: one line
+            self._log.warn(
+                "Database write failed ({error}); {rows} row(s) kept, retrying in {delay} s",
+                error=str(failure.value),
+                rows=self.rows_pending,
+                delay=_RETRY_DELAY,
+            )
+        else:
+            self._log.failure(
+                "Database write failed; retrying in {delay} s", failure, delay=_RETRY_DELAY
+            )
         self._cancel_timer()
         self._timer = self._clock.callLater(_RETRY_DELAY, self._timer_fired)
 

@@ -10,10 +10,21 @@ gaps; bars are upserted on (symbol, period, open time), so it has no duplicates 
 closed bars are stored: a live bar is final once the next one starts, and each closed live bar
 is then confirmed from history (its last live update may miss ticks that did not move the price).
 
-When the database cannot be opened (a server not up yet), the recorder retries every few
-seconds; when it fails under a backfill, that series is backfilled again a few seconds later.
+Start-up errors that can pass (a database server not up yet, an unreachable server, a lost
+connection) are logged as warnings and retried every few seconds.  Permanent ones (a database
+that cannot be opened for good, refused credentials, an unknown symbol: see
+:func:`~ctrader_twisted.recorder._fatal.is_fatal`) end the start: the error is logged at
+critical level, kept in :attr:`Recorder.fatal_error` and handed to the :meth:`Recorder.on_fatal`
+callbacks (``twistd ctrader-record`` and ``ctrader-twisted record`` stop the process).  When the
+database fails under a backfill, that series is backfilled again a few seconds later.
+
+With a :class:`~ctrader_twisted.oauth.TokenRefresher`, the account is authorized through
+:func:`~ctrader_twisted.oauth.keep_client_authorized`: an expired token is refreshed first, and
+the account is authorized again after every refresh.
+
 A status line is logged every ``status_interval`` seconds.  Stopping the service flushes every
-queued row and closes the database.
+queued row and closes the database; if the database keeps failing, it gives up after
+``stop_timeout`` seconds and logs how many rows were not written.
 """
 
 from __future__ import annotations
@@ -21,25 +32,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from difflib import get_close_matches
 from typing import Final, Protocol, TypeVar
 
 from google.protobuf.message import Message
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from ctrader_twisted import messages as m
-from ctrader_twisted._models_symbols import RequestClient
-from ctrader_twisted.errors import (
-    AccountAuthError,
-    ApplicationAuthError,
-    CTraderError,
-    OpenApiError,
-)
+from ctrader_twisted._models_symbols import RequestClient, UnknownSymbol
+from ctrader_twisted._oauth_accounts import AccountKeeper, keep_client_authorized
+from ctrader_twisted._oauth_refresh import TokenRefresher
+from ctrader_twisted.errors import CTraderError, OpenApiError
 from ctrader_twisted.history import iter_trendbars
+from ctrader_twisted.recorder._fatal import is_fatal
 from ctrader_twisted.recorder._live import LiveBars, bar_row, depth_rows, spot_row
 from ctrader_twisted.recorder._rows import BarRow, bar_close_minute
 from ctrader_twisted.recorder._writer import BatchWriter
@@ -65,6 +75,7 @@ class RecorderClient(RequestClient, Protocol):
     def authorize_account(
         self, account_id: int, access_token: str
     ) -> Deferred[m.ProtoOAAccountAuthRes]: ...
+    def accounts_authorized_with(self, access_token: str) -> frozenset[int]: ...
     def subscribe_spots(
         self, account_id: int, symbol_ids: list[int], timestamps: bool = False
     ) -> Deferred[m.ProtoOASubscribeSpotsRes]: ...
@@ -81,7 +92,8 @@ class RecorderConfig:
     """What to record.
 
     :ivar account_id: the ``ctidTraderAccountId`` whose symbols are recorded.
-    :ivar access_token: OAuth access token for that account (never shown).
+    :ivar access_token: OAuth access token for that account (never shown); unused when the
+        recorder has a token refresher (its valid token is used).
     :ivar symbols: symbol names (``"EURUSD"``) or numeric ids as text.
     :ivar periods: trendbar periods (``ProtoOATrendbarPeriod`` values); M1 by default.
     :ivar depth: also record depth of market.
@@ -90,6 +102,8 @@ class RecorderConfig:
     :ivar max_batch_rows: a batch is written as soon as it holds this many rows (rows that
         arrive while a write is running join the next batch, which may grow past this).
     :ivar max_batch_delay: seconds a row may wait before its batch is written.
+    :ivar stop_timeout: seconds a stop waits for the database to take the queued rows; then it
+        gives up, logs how many rows were not written, and completes.
     """
 
     account_id: int
@@ -101,6 +115,7 @@ class RecorderConfig:
     status_interval: float = 60.0
     max_batch_rows: int = 1000
     max_batch_delay: float = 0.5
+    stop_timeout: float = 30.0
 
 
 class Recorder(Service):
@@ -110,6 +125,11 @@ class Recorder(Service):
     :param open_store: opens the database; called once per start.
     :param config: what to record.
     :param clock: the clock for batching, status lines and bar closing.
+    :param refresher: the token refresher of ``config.account_id``'s token, if any: the
+        account is then authorized with its valid token, refreshed first when expired, and
+        again after every refresh.
+
+    :ivar fatal_error: the permanent error that ended the start, or ``None``.
     """
 
     _log = Logger()
@@ -120,8 +140,14 @@ class Recorder(Service):
         open_store: Callable[[], Deferred[MarketStore]],
         config: RecorderConfig,
         clock: IReactorTime,
+        *,
+        refresher: TokenRefresher | None = None,
     ) -> None:
         self._client = client
+        self._refresher = refresher
+        self._keeper: AccountKeeper | None = None
+        self._fatal_callbacks: list[Callable[[BaseException], object]] = []
+        self.fatal_error: BaseException | None = None
         self._open_store = open_store
         self.config = config
         self._clock = clock
@@ -149,8 +175,26 @@ class Recorder(Service):
 
     # Service
 
+    def on_fatal(self, callback: Callable[[BaseException], object]) -> Callable[[], None]:
+        """Call ``callback(error)`` when a permanent error ends the start (at once if one did).
+
+        :returns: a function that removes the callback.
+        """
+        self._fatal_callbacks.append(callback)
+        if self.fatal_error is not None:
+            callback(self.fatal_error)
+
+        def remove() -> None:
+            if callback in self._fatal_callbacks:
+                self._fatal_callbacks.remove(callback)
+
+        return remove
+
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
+        self.fatal_error = None
+        if self._refresher is not None:
+            self._keeper = keep_client_authorized(self._client, self._refresher)
         self._setup = Deferred.fromCoroutine(self._start())
         self._setup.addErrback(self._setup_failed)
 
@@ -175,10 +219,14 @@ class Recorder(Service):
             try:
                 await self._client.when_ready()
                 await self._subscribe()
-            except (ApplicationAuthError, AccountAuthError):
-                raise
             except CTraderError as error:
-                self._log.warn("Recorder setup interrupted ({error}); retrying", error=str(error))
+                if is_fatal(error):
+                    raise
+                self._log.warn(
+                    "Recorder setup interrupted ({error}); retrying in {delay} s",
+                    error=str(error),
+                    delay=_SETUP_RETRY,
+                )
                 await deferLater(self._clock, _SETUP_RETRY)
                 continue
             break
@@ -191,19 +239,36 @@ class Recorder(Service):
             try:
                 return await self._open_store()
             except StorageError as error:
+                if error.permanent:
+                    raise
                 self._log.warn(
                     "{error}; retrying in {delay} s", error=str(error), delay=_SETUP_RETRY
                 )
             await deferLater(self._clock, _SETUP_RETRY)
 
     def _setup_failed(self, failure: Failure) -> None:
-        if not isinstance(failure.value, CancelledError):
-            self._log.failure("The recorder could not start", failure)
+        error = failure.value
+        if isinstance(error, CancelledError) or not self.running:
+            return
+        assert error is not None
+        self.fatal_error = error
+        if isinstance(error, CTraderError):
+            self._log.critical("The recorder cannot start: {error}", error=str(error))
+        else:  # not one of ours: a bug, so keep the traceback
+            self._log.failure("The recorder cannot start", failure, LogLevel.critical)
+        for callback in list(self._fatal_callbacks):
+            try:
+                callback(error)
+            except Exception:
+                self._log.failure("on_fatal callback {callback!r} raised", callback=callback)
 
     async def _subscribe(self) -> None:
         account, client = self.config.account_id, self._client
         if "auth" not in self._steps_done:
-            await client.authorize_account(account, self.config.access_token)
+            if self._keeper is not None:  # refreshes an expired token first
+                await self._keeper.authorize(account)
+            else:
+                await client.authorize_account(account, self.config.access_token)
             self._steps_done.add("auth")
         if not self.symbol_ids:
             self.symbol_ids = await self._resolve_symbols()
@@ -238,15 +303,20 @@ class Recorder(Service):
             elif wanted.upper() in by_name:
                 resolved[by_name[wanted.upper()]] = wanted.upper()
             else:
-                raise CTraderError(f"unknown symbol {wanted!r} for this account")
+                close = get_close_matches(wanted.upper(), list(by_name), n=3)
+                raise UnknownSymbol(wanted, close)
         return resolved
 
     async def _stop(self) -> None:
+        deadline = self._clock.seconds() + self.config.stop_timeout
         if self._status.running:
             self._status.stop()
         for remove in self._removers:
             remove()
         self._removers.clear()
+        if self._keeper is not None:
+            self._keeper.stop()
+            self._keeper = None
         if self._setup is not None:
             self._setup.cancel()
         for retry in self._backfill_retries.values():
@@ -255,13 +325,27 @@ class Recorder(Service):
         if self._backfilling is not None:
             # Ends soon: the loop stops after this series, and if the client is stopping too
             # its requests fail at once (the failure is logged and nothing is lost).
-            await self._backfilling
+            await _at_most(self._backfilling, deadline - self._clock.seconds(), self._clock)
         if self.writer is not None:
-            await self.writer.flush()
-            self.writer.stop()
-            self._log.info("Recorder stopped; {rows} rows written", rows=self.writer.rows_written)
+            await self._final_flush(self.writer, deadline)
         if self.store is not None:
             await self.store.close()
+
+    async def _final_flush(self, writer: BatchWriter, deadline: float) -> None:
+        flushed = writer.flush()
+        flushed.addErrback(lambda _: None)  # only fails once abandoned, below
+        if await _at_most(flushed, deadline - self._clock.seconds(), self._clock):
+            writer.stop()
+            self._log.info("Recorder stopped; {rows} rows written", rows=writer.rows_written)
+            return
+        lost = writer.abandon()
+        self._log.error(
+            "Recorder stopped after {timeout} s without reaching the database: {lost} row(s) "
+            "were not written ({rows} written)",
+            timeout=self.config.stop_timeout,
+            lost=lost,
+            rows=writer.rows_written,
+        )
 
     # Live data
 
@@ -330,6 +414,7 @@ class Recorder(Service):
             self._backfill_queue.append((symbol_id, period))
         if self._backfilling is None:
             running = Deferred.fromCoroutine(self._run_backfills())
+            running.addErrback(lambda f: self._log.failure("Backfilling failed", f))
             # It may have finished already (every await answered at once): then its ``finally``
             # ran before this assignment, and keeping it would block every later backfill.
             self._backfilling = None if running.called else running
@@ -414,6 +499,31 @@ class Recorder(Service):
             reconnects=self._client.reconnect_count,
             idle="n/a" if idle is None else f"{idle:.1f}",
         )
+
+
+def _at_most(d: Deferred[_T], seconds: float, clock: IReactorTime) -> Deferred[bool]:
+    """Wait for ``d`` (without consuming or cancelling its result) at most ``seconds``.
+
+    :returns: a Deferred that fires with ``True`` when ``d`` has fired, ``False`` on timeout.
+    """
+    if d.called:
+        return succeed(True)
+    done: Deferred[bool] = Deferred()
+
+    def timed_out() -> None:
+        if not done.called:
+            done.callback(False)
+
+    timer = clock.callLater(max(seconds, 0.0), timed_out)
+
+    def fired(result: _T | Failure) -> _T | Failure:
+        if not done.called:
+            timer.cancel()
+            done.callback(True)
+        return result
+
+    d.addBoth(fired)
+    return done
 
 
 async def _idempotent(d: Deferred[_T]) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Final, Literal, NoReturn, Protocol, TypeVar, cast
 
 from twisted.enterprise import adbapi
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -100,7 +100,16 @@ _UPSERT_SYMBOL: Final = (
 
 
 class StorageError(CTraderError):
-    """The database could not be opened or written."""
+    """The database could not be opened or written.
+
+    :ivar permanent: retrying cannot help (an SQLite path that cannot be a database, a
+        PostgreSQL role without the right to create the tables); ``False`` for conditions that
+        may pass (a server not up yet, a lost session, a locked file).
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 class _Cursor(Protocol):
@@ -292,7 +301,12 @@ def open_sqlite(reactor: IReactorCore, path: Path | str) -> Deferred[MarketStore
     """
     target = Path(path)
     if str(path) != ":memory:":
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            reason = error.strerror or type(error).__name__
+            message = f"cannot open sqlite:{target}: cannot create {target.parent}: {reason}"
+            return fail(StorageError(message, permanent=True))
     pool = adbapi.ConnectionPool(  # type: ignore[no-untyped-call]
         "sqlite3",
         str(target),
@@ -304,7 +318,7 @@ def open_sqlite(reactor: IReactorCore, path: Path | str) -> Deferred[MarketStore
         cp_noisy=False,
     )
     store = MarketStore(pool, placeholder="?", description=f"sqlite:{target}")
-    return _prepared(store, _SQLITE)
+    return _prepared(store, _SQLITE, _sqlite_permanent)
 
 
 def open_postgres(reactor: IReactorCore, dsn: str) -> Deferred[MarketStore]:
@@ -327,7 +341,7 @@ def open_postgres(reactor: IReactorCore, dsn: str) -> Deferred[MarketStore]:
         for name, variable, value in _PG_DEFAULTS
         if name not in params and variable not in environ
     }
-    pool = adbapi.ConnectionPool(  # type: ignore[no-untyped-call]
+    pool = _PostgresPool(  # type: ignore[no-untyped-call]
         "psycopg",
         dsn,
         cp_min=1,
@@ -339,7 +353,7 @@ def open_postgres(reactor: IReactorCore, dsn: str) -> Deferred[MarketStore]:
         **options,
     )
     store = MarketStore(pool, placeholder="%s", description=_pg_description(params))
-    return _prepared(store, _POSTGRES)
+    return _prepared(store, _POSTGRES, _postgres_permanent)
 
 
 def check_postgres(dsn: str) -> str:
@@ -371,10 +385,77 @@ def _pg_description(params: dict[str, object]) -> str:
     return f"postgresql://{user}{host}{port}/{params.get('dbname') or ''}"
 
 
-def _prepared(store: MarketStore, dialect: dict[str, str]) -> Deferred[MarketStore]:
+def _sqlite_permanent(error: BaseException | None) -> bool:
+    """Every SQLite open failure is permanent but a lock held by another process."""
+    text = str(error).lower()
+    return not ("locked" in text or "busy" in text)
+
+
+def _postgres_permanent(error: BaseException | None) -> bool:
+    """Refused for want of rights (SQLSTATE class 42, e.g. 42501), not for being unreachable.
+
+    Connection failures (server down, database or role missing, wrong password) carry no
+    SQLSTATE in psycopg and are retried: the server may still be starting.
+    """
+    sqlstate = getattr(error, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith("42")
+
+
+class _DriverConnection(Protocol):
+    def rollback(self) -> None: ...
+    def commit(self) -> None: ...
+    def cursor(self) -> _DriverCursor: ...
+
+
+class _DriverCursor(Protocol):
+    def execute(self, sql: str) -> object: ...
+    def close(self) -> None: ...
+
+
+class _QuietConnection(adbapi.Connection):
+    """A pooled PostgreSQL connection whose failed rollback is one warning, not two tracebacks.
+
+    When the session is gone (server restart, killed backend), adbapi's rollback fails and
+    logs "Rollback failed" twice with tracebacks.  Here the dead connection is dropped with one
+    warning; the error that made the transaction fail still reaches the caller.
+    """
+
+    _log = Logger()
+
+    def rollback(self) -> None:
+        connection = cast(_DriverConnection, self._connection)
+        if not self._pool.reconnect:
+            connection.rollback()
+            return
+        try:
+            connection.rollback()
+            cursor = connection.cursor()
+            cursor.execute(self._pool.good_sql)
+            cursor.close()
+            connection.commit()
+            return
+        except Exception as error:
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            self._log.warn(
+                "PostgreSQL session lost ({error}: {reason}); the next operation reconnects",
+                error=type(error).__name__,
+                reason=first_line,
+            )
+        self._pool.disconnect(connection)
+
+
+class _PostgresPool(adbapi.ConnectionPool):
+    connectionFactory = _QuietConnection
+
+
+def _prepared(
+    store: MarketStore, dialect: dict[str, str], permanent: Callable[[BaseException | None], bool]
+) -> Deferred[MarketStore]:
     def failed(failure: Failure) -> MarketStore:
         store.close()
-        raise StorageError(f"cannot open {failure.value}") from failure.value
+        error = failure.value
+        cause = error.__cause__ if isinstance(error, StorageError) else error
+        raise StorageError(f"cannot open {error}", permanent=permanent(cause)) from error
 
     d = store.create_schema(dialect)
     return d.addCallbacks(lambda _: store, failed)

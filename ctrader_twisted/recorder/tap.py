@@ -9,12 +9,19 @@ Environments:
   process.  Sandbox credentials are built in.
 - ``demo`` / ``live``: connect to Spotware's servers with the application's credentials
   (``$CTRADER_CLIENT_ID`` / ``$CTRADER_CLIENT_SECRET``) and the OAuth token stored by
-  ``ctrader-twisted auth``; the token is refreshed on the socket ahead of expiry and the new
+  ``ctrader-twisted auth``; the token is refreshed on the socket ahead of expiry (at once when
+  it has expired already), the account is authorized again with each new token, and the new
   token is saved to the same file.
+
+A permanent start-up error (see :mod:`ctrader_twisted.recorder._fatal`) stops the process:
+``ctrader-twisted record`` prints one ``error:`` line on stderr and exits with the CLI's exit
+status for it; ``twistd ctrader-record`` logs it at critical level, stops the reactor, and the
+process exits with the same status.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -33,11 +40,15 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IStreamClientEndpoint,
 )
+from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ctrader_twisted._cli_errors import ExitCode
 from ctrader_twisted._oauth_refresh import TokenRefresher, socket_refresh
 from ctrader_twisted.client import DEMO_HOST, LIVE_HOST, PORT, Client, tls_endpoint
+from ctrader_twisted.recorder._fatal import exit_status
 from ctrader_twisted.recorder._rows import period_from_name
 from ctrader_twisted.recorder.service import Recorder, RecorderConfig
 from ctrader_twisted.recorder.storage import (
@@ -56,9 +67,9 @@ from ctrader_twisted.sandbox import (
     SandboxConfig,
     start_sandbox,
 )
-from ctrader_twisted.tokens import TokenStore, default_token_path
+from ctrader_twisted.tokens import TokenFileError, TokenStore, default_token_path
 
-__all__ = ["Options", "makeService", "record_main"]
+__all__ = ["Options", "StartError", "build_service", "makeService", "record_main", "stop_on_fatal"]
 
 _ENVIRONMENTS = ("sandbox", "demo", "live")
 
@@ -78,6 +89,7 @@ class Options(usage.Options):
         ["token-file", None, None, "OAuth token file for demo/live (default: the auth one)"],
         ["history", None, "60", "minutes of history to fetch into an empty database"],
         ["status-interval", None, "60", "seconds between status lines in the log"],
+        ["stop-timeout", None, "30", "seconds a stop waits for the database before giving up"],
         ["host", None, None, "server host (default: per environment; sandbox: localhost)"],
         ["port", None, None, "server port (sandbox: connect to a running sandbox)"],
         ["ca-file", None, None, "PEM CA to trust (for a local sandbox)"],
@@ -86,12 +98,16 @@ class Options(usage.Options):
     ]
     optFlags = [["depth", None, "also record depth of market"]]
 
+    def opt_env(self, value: str) -> None:
+        """the same as --environment (sandbox, demo or live)"""
+        self["environment"] = value
+
     def postOptions(self) -> None:
         if self["environment"] not in _ENVIRONMENTS:
-            raise usage.UsageError(f"--environment must be one of {', '.join(_ENVIRONMENTS)}")
+            raise usage.UsageError(f"--env must be one of {', '.join(_ENVIRONMENTS)}")
         try:
             self["periods"] = tuple(period_from_name(p) for p in _split(self["periods"]))
-            for name in ("history", "status-interval", "sandbox-tick-interval"):
+            for name in ("history", "status-interval", "sandbox-tick-interval", "stop-timeout"):
                 self[name] = float(self[name])
             if self["port"] is not None:
                 self["port"] = int(self["port"])
@@ -99,6 +115,8 @@ class Options(usage.Options):
                 self["account"] = int(self["account"])
         except ValueError as error:
             raise usage.UsageError(str(error)) from None
+        if self["stop-timeout"] < 0:
+            raise usage.UsageError("--stop-timeout must not be negative")
         self["symbols"] = tuple(_split(self["symbols"]))
         if not self["symbols"]:
             raise usage.UsageError("--symbols must name at least one symbol")
@@ -109,6 +127,18 @@ class Options(usage.Options):
                 check_postgres(self["postgres"])
             except StorageError as error:
                 raise usage.UsageError(f"--postgres: {error}") from None
+
+
+class StartError(usage.UsageError):
+    """The recorder cannot be built: missing credentials, no token, an unreadable token file.
+
+    :ivar code: the exit status (``docs/cli.md``): 3 for missing credentials or token, 2 for an
+        unreadable token file.
+    """
+
+    def __init__(self, message: str, code: ExitCode) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _split(text: str) -> list[str]:
@@ -154,6 +184,31 @@ class _EmbeddedSandbox(Service):
 
 
 @implementer(IStreamClientEndpoint)
+class _WarningEndpoint:
+    """Logs every failed connection attempt as a warning (the client retries it)."""
+
+    _log = Logger()
+
+    def __init__(self, endpoint: IStreamClientEndpoint, where: str) -> None:
+        self._endpoint = endpoint
+        self._where = where
+        self.failures = 0
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        def failed(failure: Failure) -> Failure:
+            self.failures += 1
+            self._log.warn(
+                "Cannot connect to {where} ({error}); failed attempt {attempt}, retrying",
+                where=self._where,
+                error=failure.getErrorMessage(),
+                attempt=self.failures,
+            )
+            return failure
+
+        return self._endpoint.connect(factory).addErrback(failed)
+
+
+@implementer(IStreamClientEndpoint)
 class _EmbeddedSandboxEndpoint:
     """Connects to the embedded sandbox once it listens."""
 
@@ -170,16 +225,65 @@ class _EmbeddedSandboxEndpoint:
 
 
 def makeService(options: Options) -> IService:
-    """Build the (unstarted) recorder service from parsed options."""
+    """Build the (unstarted) recorder service from parsed options, for ``twistd``.
+
+    A :class:`StartError` is printed as one line on stderr and ends the process with its exit
+    status.  A permanent error at start-up stops the reactor, and the process then exits
+    with that error's status (twistd alone would exit with 0).
+    """
     from twisted.internet import reactor as global_reactor
 
-    return build_service(options, cast(IReactorSSL, global_reactor))
+    try:
+        service = build_service(options, cast(IReactorSSL, global_reactor))
+    except StartError as error:
+        sys.stderr.write(f"ctrader-record: error: {error}\n")
+        raise SystemExit(int(error.code)) from None
+    stop_on_fatal(service, cast(IReactorCore, global_reactor), _exit_status_at_exit)
+    return service
+
+
+def _exit_status_at_exit(code: ExitCode, message: str) -> None:
+    """Make the process exit with ``code`` once twistd is done (the recorder logged why)."""
+
+    def leave() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(int(code))
+
+    atexit.register(leave)
+
+
+def stop_on_fatal(
+    service: MultiService, reactor: IReactorCore, report: Callable[[ExitCode, str], object]
+) -> None:
+    """When the recorder's start fails for good, ``report(status, message)`` and stop.
+
+    :param service: a service made by :func:`build_service`.
+    :param reactor: the reactor to stop.
+    :param report: receives the exit status and the one-line message.
+    """
+
+    def fatal(error: BaseException) -> None:
+        code, message = exit_status(error)
+        report(code, message)
+        if reactor.running:
+            reactor.stop()
+        else:
+            reactor.callWhenRunning(reactor.stop)
+
+    recorder_of(service).on_fatal(fatal)
+
+
+def recorder_of(service: MultiService) -> Recorder:
+    """The :class:`Recorder` in a service made by :func:`build_service`."""
+    return next(child for child in service if isinstance(child, Recorder))
 
 
 def build_service(options: Options, reactor: IReactorSSL) -> MultiService:
     """Build the recorder service on ``reactor`` (used by :func:`makeService` and tests).
 
-    :raises twisted.python.usage.UsageError: missing credentials or token for demo/live.
+    :raises StartError: missing credentials or token for demo/live, or an unreadable token
+        file.
     """
     top = MultiService()  # type: ignore[no-untyped-call]
     clock = cast(IReactorTime, reactor)
@@ -188,24 +292,30 @@ def build_service(options: Options, reactor: IReactorSSL) -> MultiService:
         client = _sandbox_client(options, reactor, top)
         account = options["account"] or min(SANDBOX_ACCOUNTS)
         access_token = DEFAULT_ACCESS_TOKEN
+        refresher = None
     else:
         client_id = os.environ.get("CTRADER_CLIENT_ID", "")
         secret = os.environ.get("CTRADER_CLIENT_SECRET", "")
         if not client_id or not secret:
-            raise usage.UsageError("set CTRADER_CLIENT_ID and CTRADER_CLIENT_SECRET")
-        host = options["host"] or (DEMO_HOST if options["environment"] == "demo" else LIVE_HOST)
-        port = options["port"] or PORT
-        endpoint = tls_endpoint(tcp, host, port, ca_file=options["ca-file"])
-        client = Client(endpoint, client_id=client_id, client_secret=secret, reactor=clock)
-        _adopt(top, client)
+            raise StartError("set CTRADER_CLIENT_ID and CTRADER_CLIENT_SECRET", ExitCode.AUTH)
         store = TokenStore(
             options["token-file"] or default_token_path(), cast(IReactorThreads, reactor)
         )
-        token = store.read()  # a small file, read once before the reactor runs
+        try:
+            token = store.read()  # a small file, read once before the reactor runs
+        except TokenFileError as error:
+            raise StartError(str(error), ExitCode.USAGE) from None
         if token is None:
-            raise usage.UsageError(f"no token in {store.path}; run 'ctrader-twisted auth'")
-        refresh = socket_refresh(client, clock)
-        _adopt(top, TokenRefresher(clock, refresh, token, store=store))
+            message = f"no token in {store.path}; run 'ctrader-twisted auth' first"
+            raise StartError(message, ExitCode.AUTH)
+        host = options["host"] or (DEMO_HOST if options["environment"] == "demo" else LIVE_HOST)
+        port = options["port"] or PORT
+        endpoint = tls_endpoint(tcp, host, port, ca_file=options["ca-file"])
+        logged = _WarningEndpoint(endpoint, f"{host}:{port}")
+        client = Client(logged, client_id=client_id, client_secret=secret, reactor=clock)
+        _adopt(top, client)
+        refresher = TokenRefresher(clock, socket_refresh(client, clock), token, store=store)
+        _adopt(top, refresher)
         account, access_token = options["account"], token.access_token
     config = RecorderConfig(
         account_id=account,
@@ -215,8 +325,10 @@ def build_service(options: Options, reactor: IReactorSSL) -> MultiService:
         depth=bool(options["depth"]),
         history_minutes=int(options["history"]),
         status_interval=options["status-interval"],
+        stop_timeout=options["stop-timeout"],
     )
-    _adopt(top, Recorder(client, _store_opener(options, reactor), config, clock))
+    recorder = Recorder(client, _store_opener(options, reactor), config, clock, refresher=refresher)
+    _adopt(top, recorder)
     return top
 
 
@@ -225,7 +337,8 @@ def _sandbox_client(options: Options, reactor: IReactorSSL, top: MultiService) -
     endpoint: IStreamClientEndpoint
     if options["port"] is not None:
         host = options["host"] or "localhost"
-        endpoint = tls_endpoint(tcp, host, options["port"], ca_file=options["ca-file"])
+        plain = tls_endpoint(tcp, host, options["port"], ca_file=options["ca-file"])
+        endpoint = _WarningEndpoint(plain, f"{host}:{options['port']}")
     else:
         config = SandboxConfig(tick_interval=options["sandbox-tick-interval"])
         sandbox = _EmbeddedSandbox(reactor, config, options["sandbox-state-dir"])
@@ -257,7 +370,12 @@ def _store_opener(options: Options, reactor: IReactorSSL) -> Callable[[], Deferr
 def record_main(argv: Sequence[str] | None = None) -> int:
     """``ctrader-twisted record [options]``: run the recorder in the foreground until Ctrl-C.
 
-    :returns: the exit status (2 for bad options).
+    Bad options, missing credentials and permanent start-up errors are printed as one
+    ``error:`` line on stderr.
+
+    :returns: the exit status (``docs/cli.md``): 0 after Ctrl-C, 2 for bad options or an
+        unusable database, 3 for missing or refused credentials or token, 5 for an unknown
+        symbol, 1 for anything else that stopped the start.
     """
     from twisted.internet import reactor as global_reactor
     from twisted.logger import (
@@ -268,20 +386,33 @@ def record_main(argv: Sequence[str] | None = None) -> int:
         textFileLogObserver,
     )
 
+    stderr = sys.stderr  # logging redirects sys.stderr into the log once it begins
     options = Options()  # type: ignore[no-untyped-call]
     try:
         options.parseOptions(  # type: ignore[no-untyped-call]
             list(argv) if argv is not None else sys.argv[1:]
         )
         service = build_service(options, cast(IReactorSSL, global_reactor))
+    except StartError as error:
+        stderr.write(f"error: {error}\n")
+        return int(error.code)
     except usage.UsageError as error:
-        sys.stderr.write(f"error: {error}\n(see ctrader-twisted record --help)\n")
-        return 2
+        stderr.write(f"error: {error} (see ctrader-twisted record --help)\n")
+        return int(ExitCode.USAGE)
     info = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
     observer = FilteringLogObserver(textFileLogObserver(sys.stdout), [info])
     globalLogBeginner.beginLoggingTo([observer])
     core = cast(IReactorCore, global_reactor)
+    status: list[int] = []
+
+    def report(code: ExitCode, message: str) -> None:
+        if not status:
+            status.append(int(code))
+            stderr.write(f"error: {message}\n")
+            stderr.flush()
+
+    stop_on_fatal(service, core, report)
     core.callWhenRunning(service.startService)
     core.addSystemEventTrigger("before", "shutdown", service.stopService)
     core.run()
-    return 0
+    return status[0] if status else 0
