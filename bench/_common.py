@@ -137,7 +137,8 @@ async def measure_events(
     :param control: a connected :class:`bench._control.ControlClient`.
     :param install: sets (or with ``None`` clears) the client's spot-event user callback.
     :param config: ``events_warmup``, ``events_runs``, ``events_count``, ``event_timeout``.
-    :returns: ``rates`` (events per second, one per timed burst) and ``memory`` (KiB).
+    :returns: ``rates`` (events per second, one per timed burst), ``ceilings`` and
+        ``two_step_ceilings`` (the ceiling's rates before each burst) and ``memory`` (KiB).
     """
     counter = EventCounter()
     install(counter)
@@ -150,9 +151,13 @@ async def measure_events(
     after_warmup = memory_kib()
     rates = []
     ceilings: list[float] = []
+    two_step: list[float] = []
     for _ in range(config["events_runs"]):
         if ceiling is not None:
-            ceilings.append(float(ceiling(config["ceiling_count"])["rate"]))  # type: ignore[arg-type]
+            measured = ceiling(config["ceiling_count"])
+            ceilings.append(float(measured["rate"]))  # type: ignore[arg-type]
+            if "two_step_rate" in measured:
+                two_step.append(float(measured["two_step_rate"]))  # type: ignore[arg-type]
         count = config["events_count"]
         done = counter.reset(count)
         await control.command("burst", count=count)
@@ -164,6 +169,7 @@ async def measure_events(
     return {
         "rates": rates,
         "ceilings": ceilings,
+        "two_step_ceilings": two_step,
         "memory": {
             "events_total": warm + config["events_runs"] * config["events_count"],
             "rss_after_warmup_kib": after_warmup["rss"],

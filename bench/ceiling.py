@@ -78,8 +78,14 @@ def _timed(loop: Callable[[bytes, int], int], stream: bytes, repeats: int) -> tu
     return now() - started, checksum
 
 
-def measure_ceiling(count: int, frames: list[bytes] | None = None) -> dict[str, object]:
-    """Split and parse at least ``count`` frames from one contiguous buffer, both ways.
+def measure_ceiling(
+    count: int, frames: list[bytes] | None = None, rounds: int = 3
+) -> dict[str, object]:
+    """Split and parse about ``count`` frames from one contiguous buffer, both ways.
+
+    The two loops take turns, ``rounds`` times each over a share of ``count``, and each keeps
+    its best round: a ceiling is what the machine allows, and on a shared machine a short
+    stall only ever slows a round down.
 
     :returns: ``rate`` (frames per second, the client's way: one parse per frame),
         ``two_step_rate`` (envelope then payload), ``frames`` parsed by each loop and the
@@ -89,16 +95,23 @@ def measure_ceiling(count: int, frames: list[bytes] | None = None) -> dict[str, 
 
     frames = frames if frames is not None else build_frames()
     stream = b"".join(frames)
-    repeats = max(1, -(-count // len(frames)))
-    parsed = repeats * len(frames)
-    one, checksum = _timed(_one_parse, stream, repeats)
-    two, checksum_two = _timed(_two_parses, stream, repeats)
-    if checksum != checksum_two:
+    repeats = max(1, -(-count // (len(frames) * rounds)))
+    one = two = float("inf")
+    checksums = set()
+    for _ in range(rounds):
+        elapsed, checksum = _timed(_one_parse, stream, repeats)
+        one = min(one, elapsed)
+        checksums.add(checksum)
+        elapsed, checksum = _timed(_two_parses, stream, repeats)
+        two = min(two, elapsed)
+        checksums.add(checksum)
+    if len(checksums) != 1:
         raise AssertionError("the two ceiling loops parsed different values")
+    per_round = repeats * len(frames)
     return {
-        "rate": parsed / one,
-        "two_step_rate": parsed / two,
-        "frames": parsed,
+        "rate": per_round / one,
+        "two_step_rate": per_round / two,
+        "frames": per_round * rounds,
         "protobuf_backend": api_implementation.Type(),
-        "checksum": checksum,
+        "checksum": checksums.pop(),
     }

@@ -59,14 +59,12 @@ def _extra_requests(run: dict[str, Any]) -> int:
     return int(burst["rejected"]) + max(0, burst["server_requests_seen"] - burst["total"])
 
 
-def _paired_shares(runs: list[dict[str, Any]]) -> Figure:
+def _paired_shares(runs: list[dict[str, Any]], key: str = "ceilings") -> Figure:
     """Each timed burst's rate over the ceiling measured just before it, in the same process."""
     return Figure.of(
         rate / ceiling
         for r in runs
-        for rate, ceiling in zip(
-            r["events"]["rates"], r["events"].get("ceilings", []), strict=False
-        )
+        for rate, ceiling in zip(r["events"]["rates"], r["events"].get(key, []), strict=False)
         if ceiling
     )
 
@@ -82,6 +80,10 @@ def _ours(runs: list[dict[str, Any]]) -> tuple[dict[str, Figure], dict]:
         "growth_mib": Figure.of(r["events"]["memory"]["growth_kib"] / 1024 for r in runs),
         "ceiling_per_s": Figure.of(x for r in runs for x in r["events"].get("ceilings", [])),
         "ceiling_share": _paired_shares(runs),
+        "two_step_ceiling_per_s": Figure.of(
+            x for r in runs for x in r["events"].get("two_step_ceilings", [])
+        ),
+        "two_step_share": _paired_shares(runs, "two_step_ceilings"),
     }
     counts = {
         # Our client re-sends a request the server rejected for its rate; the server's request
@@ -197,6 +199,7 @@ def summarize(ours: list[dict[str, Any]], official: list[dict[str, Any]]) -> Sum
             summary.ours["events_per_s"].median, theirs.get("events_per_s", Figure(None)).median
         ),
         "events_vs_ceiling": summary.ours["ceiling_share"].median,
+        "events_vs_two_step": summary.ours["two_step_share"].median,
         "burst_vs_minimum": _ratio(summary.ours["burst_wall_s"].median, theoretical_minimum_s()),
     }
     _targets(summary)
