@@ -99,6 +99,7 @@ class SandboxFactory(ServerFactory):
         self.broker = Broker(self.walk, self.now_ms)
         self.feed = MarketFeed(self)
         self.engine = trading.OrderEngine(self)
+        self._peers: dict[Session, str] = {}
 
     def __repr__(self) -> str:
         return f"<SandboxFactory seed={self.config.seed} sessions={len(self.sessions)}>"
@@ -120,11 +121,24 @@ class SandboxFactory(ServerFactory):
         self.stats.connections_total += 1
         self.stats.connections_open += 1
         self.feed.start()
+        peer = self._peers[session] = _peer(session)
+        self._log.info(
+            "connection from {peer} opened ({open} open)",
+            peer=peer,
+            open=self.stats.connections_open,
+        )
 
     def session_closed(self, session: Session) -> None:
         if session in self.sessions:
             self.sessions.remove(session)
             self.stats.connections_open -= 1
+            self._log.info(
+                "connection from {peer} closed ({frames} frames received{note}; {open} open)",
+                peer=self._peers.pop(session, "?"),
+                frames=session.received,
+                note=_close_note(session),
+                open=self.stats.connections_open,
+            )
         self.feed.remove(session)
         if not self.sessions:
             self.feed.stop()
@@ -170,6 +184,24 @@ class SandboxFactory(ServerFactory):
         """Stall every open connection: no more reads or writes, and no FIN."""
         for session in list(self.sessions):
             session.stall()
+
+
+def _peer(session: Session) -> str:
+    """``host:port`` of the session's client, for the log."""
+    transport = session.protocol.transport if session.protocol is not None else None
+    if transport is None:
+        return "?"
+    address = transport.getPeer()
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    return f"{host}:{port}" if host is not None and port is not None else str(address)
+
+
+def _close_note(session: Session) -> str:
+    """Why a connection may have ended, for the log: broken framing or no application auth."""
+    reason = session.protocol.close_reason if session.protocol is not None else None
+    if reason is not None:
+        return f", {reason}"
+    return "" if session.app_authorized else ", application not authorized"
 
 
 @dataclass

@@ -3,6 +3,12 @@
 
 This is the only sandbox module that touches the global reactor, and only inside
 :func:`makeService` and :func:`run_sandbox`.
+
+Start-up errors are one line and an exit status (``docs/cli.md``): a bad option, ``--listen``
+endpoint, certificate file or ``--state-dir`` gives :data:`EXIT_USAGE`; a listen that fails
+(port taken) gives :data:`EXIT_FAILED`.  ``ctrader-twisted sandbox`` prints them as an
+``error:`` line on stderr; ``twistd ctrader-sandbox`` prints the first kind on stderr and logs
+the second at critical level, then exits with the status.
 """
 
 from __future__ import annotations
@@ -10,13 +16,27 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Final, TextIO
 
+from OpenSSL import SSL, crypto
 from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorTime
-from twisted.logger import Logger
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IReactorCore,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
+from twisted.logger import (
+    FilteringLogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
 from twisted.python import usage
 from twisted.python.failure import Failure
 
@@ -32,7 +52,20 @@ from .config import (
 )
 from .server import SandboxFactory
 
-__all__ = ["Options", "SandboxService", "makeService", "run_sandbox"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_USAGE",
+    "Options",
+    "SandboxService",
+    "SandboxStartError",
+    "makeService",
+    "run_sandbox",
+]
+
+#: Exit status for a bad option, ``--listen`` endpoint, certificate file or ``--state-dir``.
+EXIT_USAGE: Final = 2
+#: Exit status when listening failed (port taken, no permission, unknown interface).
+EXIT_FAILED: Final = 1
 
 _DEFAULTS = SandboxConfig()
 
@@ -41,6 +74,13 @@ def _positive_int(value: str) -> int:
     number = int(value)
     if number < 0:
         raise ValueError("must not be negative")
+    return number
+
+
+def _port(value: str) -> int:
+    number = int(value)
+    if not 0 <= number <= 65535:
+        raise ValueError("must be 0 to 65535 (0: any free port)")
     return number
 
 
@@ -61,7 +101,7 @@ class Options(usage.Options):
             None,
             "Twisted server endpoint, e.g. ssl:5035:privateKey=k.pem:certKey=c.pem",
         ],
-        ["port", "p", DEFAULT_PORT, "Port of the default TLS listener.", _positive_int],
+        ["port", "p", DEFAULT_PORT, "Port of the default TLS listener (0: any free one).", _port],
         ["state-dir", None, None, "Folder for the generated CA and certificate."],
         ["client-id", None, DEFAULT_CLIENT_ID, "Accepted application client id."],
         ["client-secret", None, DEFAULT_CLIENT_SECRET, "Accepted application secret."],
@@ -189,16 +229,88 @@ class Options(usage.Options):
         return Path(self["state-dir"]) if self["state-dir"] else default_state_dir()
 
 
+class SandboxStartError(Exception):
+    """The sandbox cannot start; the message is one line, fit to show the user.
+
+    :ivar message: that line.
+    :ivar code: the exit status (see ``docs/cli.md``): :data:`EXIT_USAGE` for a bad
+        ``--listen`` endpoint or unusable certificate files, :data:`EXIT_FAILED` when
+        listening failed (port taken, no permission, unknown interface).
+    """
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class _AbortStart(SystemExit, Exception):
+    """Ends ``twistd`` after a failed listen was logged.
+
+    twistd handles an ``Exception`` raised while it starts the application: it removes its
+    PID file, tells a daemonizing parent what failed, and raises it again.  Being also a
+    :class:`SystemExit` with ``code``, it then ends the process with that status and no
+    traceback.
+    """
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 def _escape(path: Path) -> str:
     return str(path).replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+
+
+def _plain(reason: str) -> str:
+    """``reason`` as the tail of a one-line message ("address already in use")."""
+    reason = reason.strip().rstrip(".")
+    return reason[:1].lower() + reason[1:] if reason[1:2].islower() else reason
+
+
+def _server_endpoint(reactor: IReactorTime, description: str, what: str) -> IStreamServerEndpoint:
+    """Parse ``description`` (this reads an ``ssl:`` endpoint's key and certificate).
+
+    :raises SandboxStartError: with :data:`EXIT_USAGE`, naming ``what`` failed.
+    """
+    try:
+        endpoint: IStreamServerEndpoint = serverFromString(reactor, description)  # type: ignore[no-untyped-call]
+    except OSError as error:
+        reason = f"cannot read {error.filename}: {_plain(error.strerror or str(error))}"
+        raise SandboxStartError(f"{what}: {reason}", EXIT_USAGE) from None
+    except (crypto.Error, SSL.Error):
+        reason = "no valid PEM private key and certificate"
+        raise SandboxStartError(f"{what}: {reason}", EXIT_USAGE) from None
+    except (ValueError, TypeError) as error:
+        raise SandboxStartError(f"{what}: {error}", EXIT_USAGE) from None
+    return endpoint
+
+
+def _listen_error(failure: Failure, where: str) -> str:
+    """One line for a failed listen ("cannot listen on 127.0.0.1:5035: address already in use")."""
+    error = failure.value
+    if isinstance(error, CannotListenError):
+        socket_error = error.socketError
+        reason = getattr(socket_error, "strerror", None) or str(socket_error)
+        if error.interface is not None:
+            where = f"{error.interface or '*'}:{error.port}"
+        return f"cannot listen on {where}: {_plain(reason)}"
+    return f"cannot listen on {where}: {_plain(failure.getErrorMessage())}"
 
 
 class SandboxService(Service):
     """Listens for the sandbox while running.
 
+    The endpoint is parsed (and the default TLS certificates generated) when the service is
+    made; it listens in :meth:`privilegedStartService`, so that ``twistd`` can bind a low
+    port before it sheds privileges.
+
     :ivar factory: the sandbox (stats, sessions, faults).
     :ivar ca_file: the CA to trust when the default TLS listener is used, else ``None``.
     :ivar listening: the listening port once started.
+    :ivar error: the one-line reason why listening failed, else ``None``.
+    :raises SandboxStartError: (when made) a bad ``--listen`` endpoint, unusable certificate
+        files or an unusable ``--state-dir``.
     """
 
     _log = Logger()
@@ -209,30 +321,77 @@ class SandboxService(Service):
         self.factory = SandboxFactory(self.config, reactor)
         self.ca_file: Path | None = None
         self.listening: IListeningPort | None = None
+        self.error: str | None = None
         self._out = out
-        self._description = options["listen"]
-        if self._description is None:
-            certs = ensure_certificates(options.state_dir())
-            self.ca_file = certs.ca_file
-            server = _escape(certs.server_file)
-            self._description = (
-                f"ssl:{options['port']}:interface=127.0.0.1:privateKey={server}:certKey={server}"
-            )
+        self._listened: Deferred[IListeningPort] | None = None
+        self._starting = False
+        self._where = ""
+        self._endpoint = self._make_endpoint(options)
+
+    def _make_endpoint(self, options: Options) -> IStreamServerEndpoint:
+        listen = options["listen"]
+        if listen is not None:
+            self._where = listen
+            return _server_endpoint(self.reactor, listen, f"bad --listen endpoint {listen!r}")
+        state_dir = options.state_dir()
+        try:
+            certs = ensure_certificates(state_dir)
+        except OSError as error:
+            reason = _plain(error.strerror or str(error))
+            message = f"cannot prepare the TLS certificates in {state_dir}: {reason}"
+            raise SandboxStartError(message, EXIT_USAGE) from None
+        self.ca_file = certs.ca_file
+        self._where = f"127.0.0.1:{options['port']}"
+        server = _escape(certs.server_file)
+        description = (
+            f"ssl:{options['port']}:interface=127.0.0.1:privateKey={server}:certKey={server}"
+        )
+        return _server_endpoint(self.reactor, description, f"bad file {certs.server_file}")
+
+    def privilegedStartService(self) -> None:
+        """Start listening; the banner is written once the port is open.
+
+        :raises SandboxStartError: if listening failed at once (it does for TCP, TLS and UNIX
+            endpoints); :attr:`error` tells why.  A listen that fails later is logged at
+            critical level and stops the reactor.
+        """
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
+        if self._listened is not None:
+            return
+        self._starting = True
+        try:
+            self._listened = self._endpoint.listen(self.factory)
+            self._listened.addCallbacks(self._listening, self._failed)
+        finally:
+            self._starting = False
+        if self.error is not None:
+            raise SandboxStartError(self.error, EXIT_FAILED)
 
     def startService(self) -> None:
+        """Listen unless :meth:`privilegedStartService` did, then mark the service running.
+
+        :raises SandboxStartError: as :meth:`privilegedStartService`.
+        """
+        if self._listened is None:
+            self.privilegedStartService()
         super().startService()  # type: ignore[no-untyped-call]
-        endpoint = serverFromString(self.reactor, self._description)  # type: ignore[no-untyped-call]
-        listened: Deferred[IListeningPort] = endpoint.listen(self.factory)
-        listened.addCallbacks(self._listening, self._failed)
 
     def _listening(self, port: IListeningPort) -> None:
         self.listening = port
         self._banner(port)
 
     def _failed(self, failure: Failure) -> None:
-        self._log.failure("the sandbox could not listen", failure)
-        if IReactorCore.providedBy(self.reactor):
-            self.reactor.stop()
+        self.error = _listen_error(failure, self._where)
+        if self._starting:
+            return  # privilegedStartService raises it
+        self._log.critical("{error}", error=self.error)
+        reactor = self.reactor
+        if not IReactorCore.providedBy(reactor):
+            return
+        if reactor.running:
+            reactor.stop()
+        else:
+            reactor.callWhenRunning(reactor.stop)
 
     def _banner(self, port: IListeningPort) -> None:
         config = self.config
@@ -260,33 +419,86 @@ class SandboxService(Service):
         self.factory.drop_all()
         self.factory.feed.stop()
         if self.listening is None:
+            if self._listened is not None and not self._listened.called:
+                self._listened.cancel()
             return None
         stopped = self.listening.stopListening()
         return stopped if isinstance(stopped, Deferred) else None
 
 
+class _TwistdSandboxService(SandboxService):
+    """The service ``twistd`` runs: a failed listen is one critical log line, then twistd
+    ends with :data:`EXIT_FAILED` (see :class:`_AbortStart`)."""
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except SandboxStartError as error:
+            self._log.critical("{error}", error=error.message)
+            raise _AbortStart(error.message, error.code) from None
+
+
 def makeService(options: Options) -> IService:
-    """Build the (not yet started) sandbox service for parsed ``options``."""
+    """Build the (not yet started) sandbox service for parsed ``options``, for ``twistd``.
+
+    A bad ``--listen`` endpoint or unusable certificate files are printed as one line on
+    stderr and end the process with :data:`EXIT_USAGE`.  A failed listen (port taken) is
+    logged as one critical line when twistd starts the service, and twistd exits with
+    :data:`EXIT_FAILED`, without a traceback.
+    """
     from twisted.internet import reactor
 
-    return SandboxService(options, reactor)
+    try:
+        return _TwistdSandboxService(options, reactor)
+    except SandboxStartError as error:
+        sys.stderr.write(f"ctrader-sandbox: error: {error}\n")
+        raise SystemExit(error.code) from None
+
+
+class _CommandOptions(Options):
+    """The same options, with the usage line of ``ctrader-twisted sandbox``."""
+
+    synopsis = (
+        "Usage: ctrader-twisted sandbox [--port N | --listen ENDPOINT] [--state-dir DIR]\n"
+        "         [--seed N] [--client-id ID] [--client-secret SECRET] [options]"
+    )
+
+
+def _log_to(stream: TextIO) -> None:
+    """Send log events at info level and above to ``stream`` (stdout and stderr are left
+    alone: the banner stays on stdout)."""
+    info = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+    observer = FilteringLogObserver(textFileLogObserver(stream), [info])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
 def run_sandbox(argv: Sequence[str], out: TextIO | None = None) -> int:
-    """Parse ``argv`` (the options after the command name) and serve until interrupted.
+    """``ctrader-twisted sandbox [options]``: serve until SIGINT or SIGTERM.
 
-    Runs the global reactor.  :returns: 0 after a normal stop, 2 for bad options.
+    Runs the global reactor.  The banner (address, credentials, CA file) goes to ``out``
+    (default stdout); the sandbox's log (connections opened and closed, idle closes, aborted
+    connections) goes to stderr at info level.  Errors are one ``error:`` line on stderr.
+
+    :returns: 0 after a stop by signal; :data:`EXIT_USAGE` (2) for a bad option, ``--listen``
+        endpoint, certificate file or ``--state-dir``; :data:`EXIT_FAILED` (1) when
+        listening failed.
     """
-    options = Options()  # type: ignore[no-untyped-call]
+    stderr = sys.stderr
+    options = _CommandOptions()  # type: ignore[no-untyped-call]
     try:
         options.parseOptions(list(argv))  # type: ignore[no-untyped-call]
     except usage.UsageError as error:
-        sys.stderr.write(f"{error}\n\n{options}")
-        return 2
+        stderr.write(f"error: {error} (see ctrader-twisted sandbox --help)\n")
+        return EXIT_USAGE
     from twisted.internet import reactor
 
-    service = SandboxService(options, reactor, out)
-    service.startService()
+    try:
+        service = SandboxService(options, reactor, out or sys.stdout)
+        service.startService()
+    except SandboxStartError as error:
+        stderr.write(f"error: {error}\n")
+        return error.code
+    _log_to(stderr)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
-    return 0
+    return EXIT_FAILED if service.error is not None else 0
