@@ -14,18 +14,22 @@ import tempfile
 from pathlib import Path
 
 from twisted.internet import reactor as global_reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.error import ConnectionDone, ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IListeningPort, IReactorCore
 from twisted.internet.protocol import Factory, ProcessProtocol
-from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import LogEvent, globalLogPublisher
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ctrader_twisted import messages as m
 from ctrader_twisted.client import Client, tls_endpoint
-from ctrader_twisted.sandbox import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
+from ctrader_twisted.protocol import OpenApiProtocol
+from ctrader_twisted.sandbox import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SandboxConfig
+from ctrader_twisted.sandbox.server import SandboxFactory
 from ctrader_twisted.sandbox.tap import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -342,3 +346,37 @@ class LateListenFailureTests(SynchronousTestCase):
         critical = [e for e in events if e["log_level"].name == "critical"]
         self.assertEqual([e["error"] for e in critical], [service.error])
         service.stopService()
+
+
+class ActivityLogTests(SynchronousTestCase):
+    """What the sandbox logs about connections (shown by ``ctrader-twisted sandbox``)."""
+
+    def _connect(self, factory: SandboxFactory, peer_port: int) -> OpenApiProtocol:
+        protocol = factory.buildProtocol(None)
+        peer = IPv4Address("TCP", "127.0.0.1", peer_port)
+        protocol.makeConnection(StringTransport(peerAddress=peer))
+        return protocol
+
+    def test_connections_opened_and_closed(self) -> None:
+        events: list[LogEvent] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        factory = SandboxFactory(SandboxConfig(), Clock())
+        refused = self._connect(factory, 40001)
+        quiet = self._connect(factory, 40002)
+        wrong = m.ProtoOAApplicationAuthReq(clientId=DEFAULT_CLIENT_ID, clientSecret="wrong-one")
+        refused.dataReceived(m.encode_frame(wrong, "c1"))
+        refused.connectionLost(Failure(ConnectionDone()))
+        quiet.connectionLost(Failure(ConnectionDone()))
+        lines = [formatEvent(e) for e in events if "connection from" in str(e["log_format"])]
+        self.assertEqual(
+            lines,
+            [
+                "connection from 127.0.0.1:40001 opened (1 open)",
+                "connection from 127.0.0.1:40002 opened (2 open)",
+                "connection from 127.0.0.1:40001 closed "
+                "(1 frames received, application not authorized; 1 open)",
+                "connection from 127.0.0.1:40002 closed (0 frames received; 0 open)",
+            ],
+        )
+        self.assertNotIn("wrong-one", repr(events))

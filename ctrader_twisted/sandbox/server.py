@@ -201,7 +201,8 @@ def _close_note(session: Session) -> str:
     reason = session.protocol.close_reason if session.protocol is not None else None
     if reason is not None:
         return f", {reason}"
-    return "" if session.app_authorized else ", application not authorized"
+    refused = session.received and not session.app_authorized
+    return ", application not authorized" if refused else ""
 
 
 @dataclass
