@@ -132,21 +132,25 @@ def decode_plain(buffer: bytes, start: int, end: int) -> tuple[int, Message] | N
 
     :returns: the payload type and the message, or ``None``.
     """
-    if end - start > 4:
-        known = _PLAIN_HEADERS.get(buffer[start : start + 4])
-        if known is not None:
-            size = buffer[start + 4]
-            begin = start + 5
-            if size > 0x7F and end - begin > 0 and buffer[begin] <= 0x7F:
-                size = (size & 0x7F) | (buffer[begin] << 7)  # payloads of 128 B to 16 KiB
-                begin += 1
-            # The last length byte must end the varint (a lone byte above 0x7F does not).
-            if begin + size == end and buffer[begin - 1] <= 0x7F:
-                try:
-                    return known[0], known[1](buffer[begin:end])
-                except DecodeError:
-                    pass  # the general decoder reports it
-    return None
+    if end - start < 5:
+        return None
+    known = _PLAIN_HEADERS.get(buffer[start : start + 4])
+    if known is None:
+        return None
+    size = buffer[start + 4]  # the payload's length: a varint of one byte, or two
+    if size <= 0x7F:
+        begin = start + 5
+    elif end - start > 5 and buffer[start + 5] <= 0x7F:
+        size = (size & 0x7F) | (buffer[start + 5] << 7)  # payloads of 128 B to 16 KiB
+        begin = start + 6
+    else:
+        return None
+    if begin + size != end:
+        return None
+    try:
+        return known[0], known[1](buffer[begin:end])
+    except DecodeError:
+        return None  # the general decoder reports it
 
 
 def _decode_general(data: bytes, strict: bool) -> Envelope:
