@@ -248,7 +248,7 @@ class StartErrorTests(SynchronousTestCase):
         self.assertIn("--rate-limit-mode must be 'frequency' or 'blocked'", line)
         code, line = self._start("--port", "70000")
         self.assertEqual(code, EXIT_USAGE)
-        self.assertIn("0 to 65535", line)
+        self.assertEqual(line, f"error: --port must be 0 to 65535 (0: any free port) {SEE_HELP}")
 
     def test_bad_listen_endpoint(self) -> None:
         code, line = self._start("--listen", "nope:1")

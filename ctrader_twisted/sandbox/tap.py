@@ -80,7 +80,7 @@ def _positive_int(value: str) -> int:
 def _port(value: str) -> int:
     number = int(value)
     if not 0 <= number <= 65535:
-        raise ValueError("must be 0 to 65535 (0: any free port)")
+        raise ValueError("--port must be 0 to 65535 (0: any free port)")
     return number
 
 
@@ -488,7 +488,8 @@ def run_sandbox(argv: Sequence[str], out: TextIO | None = None) -> int:
     try:
         options.parseOptions(list(argv))  # type: ignore[no-untyped-call]
     except usage.UsageError as error:
-        stderr.write(f"error: {error} (see ctrader-twisted sandbox --help)\n")
+        message = str(error).removeprefix("Parameter type enforcement failed: ")
+        stderr.write(f"error: {message} (see ctrader-twisted sandbox --help)\n")
         return EXIT_USAGE
     from twisted.internet import reactor
 
