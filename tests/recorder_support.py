@@ -14,11 +14,13 @@ from typing import Any, TypeVar, cast
 from twisted.application.service import MultiService
 from twisted.internet import reactor as _global_reactor
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IProtocolFactory, IReactorCore
+from twisted.internet.interfaces import IProtocolFactory, IReactorCore, IStreamClientEndpoint
 from twisted.internet.task import Clock, deferLater
+from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.test import iosim
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from ctrader_twisted._oauth_refresh import TokenRefresher
 from ctrader_twisted.client import Client
 from ctrader_twisted.history import fetch_trendbars
 from ctrader_twisted.recorder._live import bar_row
@@ -87,6 +89,7 @@ class World:
         self.endpoint = SandboxEndpoint(self.factory)
         self.top: MultiService | None = None
         self.recorder: Recorder | None = None
+        self.refresher: TokenRefresher | None = None
         self.reconnects = 0
         self.db_busy = 0
         original = MarketStore._run
@@ -103,31 +106,53 @@ class World:
 
         case.patch(MarketStore, "_run", tracked)
 
-    def start_recorder(self) -> None:
+    def start_recorder(
+        self,
+        *,
+        client_secret: str = DEFAULT_CLIENT_SECRET,
+        endpoint: IStreamClientEndpoint | None = None,
+        refresher: Callable[[Client], TokenRefresher] | None = None,
+        **config: Any,
+    ) -> Recorder:
+        """Start a client and a recorder (and a token refresher, if given a maker for one).
+
+        :param config: ``RecorderConfig`` fields that differ from the world's defaults.
+        """
         client = Client(
-            self.endpoint,  # type: ignore[arg-type]
+            endpoint or self.endpoint,  # type: ignore[arg-type]
             client_id=DEFAULT_CLIENT_ID,
-            client_secret=DEFAULT_CLIENT_SECRET,
+            client_secret=client_secret,
             reactor=self.clock,
             reconnect_initial_delay=0.5,
             reconnect_max_delay=2.0,
             reconnect_jitter=0.0,
         )
-        config = RecorderConfig(
-            account_id=ACCOUNT,
-            access_token=DEFAULT_ACCESS_TOKEN,
-            symbols=("EURUSD",),
-            periods=(M1,),
-            history_minutes=5,
-            status_interval=60.0,
-            max_batch_delay=5.0,
-        )
-        self.recorder = Recorder(client, self.open_store, config, self.clock)
+        settings: dict[str, Any] = {
+            "account_id": ACCOUNT,
+            "access_token": DEFAULT_ACCESS_TOKEN,
+            "symbols": ("EURUSD",),
+            "periods": (M1,),
+            "history_minutes": 5,
+            "status_interval": 60.0,
+            "max_batch_delay": 5.0,
+        }
+        settings.update(config)
         self.top = MultiService()
         client.setServiceParent(self.top)
+        self.refresher = refresher(client) if refresher is not None else None
+        if self.refresher is not None:
+            self.refresher.setServiceParent(self.top)
+        self.recorder = Recorder(
+            client,
+            self.open_store,
+            RecorderConfig(**settings),
+            self.clock,
+            refresher=self.refresher,
+        )
         self.recorder.setServiceParent(self.top)
         self.top.startService()
         self.client = client
+        return self.recorder
 
     async def stop_recorder(self) -> None:
         assert self.top is not None
@@ -209,6 +234,26 @@ async def assert_series_whole(
         case.assertEqual(ohlcv(got[bar.time_minutes]), ohlcv(bar))
     case.assertGreaterEqual(len(closed), min_bars)
     return stored
+
+
+def capture_logs(case: TestCase | SynchronousTestCase) -> list[LogEvent]:
+    """Every log event from now until the end of the test."""
+    events: list[LogEvent] = []
+    observer = cast(ILogObserver, events.append)
+    globalLogPublisher.addObserver(observer)
+    case.addCleanup(globalLogPublisher.removeObserver, observer)
+    return events
+
+
+def logged(events: list[LogEvent], level: LogLevel, text: str) -> list[str]:
+    """The formatted events of ``level`` whose text contains ``text``."""
+    found = []
+    for event in events:
+        if event.get("log_level") is level:
+            message = formatEvent(event)
+            if text in message:
+                found.append(message)
+    return found
 
 
 def ohlcv(row: BarRow) -> tuple[int, ...]:

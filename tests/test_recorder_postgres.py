@@ -18,6 +18,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
+from twisted.logger import LogLevel
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -28,7 +29,7 @@ from ctrader_twisted.recorder.service import Recorder
 from ctrader_twisted.recorder.storage import Batch, MarketStore, StorageError, open_postgres
 from tests import pgserver
 from tests.pgserver import PostgresServer, shared_server
-from tests.recorder_support import World, assert_series_whole, reactor
+from tests.recorder_support import World, assert_series_whole, capture_logs, logged, reactor
 from tests.test_recorder_storage import bar
 from tests.test_recorder_tap import parse, temp_dir
 
@@ -163,19 +164,31 @@ class PostgresStoreTests(PostgresTestCase):
         self.assertEqual(await store.counts(), {"spots": 1, "bars": 1, "depth": 0})
 
     async def test_killed_session_is_replaced(self) -> None:
+        events = capture_logs(self)
         store = await self.open()
         await store.write(batch_of(bar(1)))
         self.assertGreaterEqual(await self.kill_sessions(), 1)
         with self.assertRaises(StorageError):
             await store.write(batch_of(bar(2)))
-        self.flushLoggedErrors()  # adbapi logs the rollback that could not happen
         await store.write(batch_of(bar(2)))
         self.assertEqual(await store.last_bar_minute(1, 1), 2)
         self.assertGreaterEqual(await self.kill_sessions(), 1)  # a new session, now idle
         with self.assertRaises(StorageError):
             await store.last_bar_minute(1, 1)
-        self.flushLoggedErrors()
         self.assertEqual([b.time_minutes for b in await store.bars(1, 1)], [1, 2])
+        # No "Rollback failed" tracebacks from adbapi: one warning per lost session.
+        self.assertEqual(self.flushLoggedErrors(), [])
+        lost = logged(events, LogLevel.warn, "PostgreSQL session lost")
+        self.assertEqual(len(lost), 2)
+        self.assertTrue(all("; the next operation reconnects" in line for line in lost))
+
+    async def test_failed_statement_reports_its_own_error_quietly(self) -> None:
+        store = await self.open()
+        broken = BarRow(1, 1, 20, None, 1, 1, 1, 1, "live")  # type: ignore[arg-type]
+        with self.assertRaises(StorageError) as caught:  # the real error, not the rollback's
+            await store.write(batch_of(broken))
+        self.assertIn("NotNullViolation", str(caught.exception))
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     async def test_unreachable_server_and_missing_database(self) -> None:
         closed_port = self.server.dsn("nowhere").replace(
@@ -188,6 +201,19 @@ class PostgresStoreTests(PostgresTestCase):
         with self.assertRaises(StorageError) as caught:
             await open_postgres(reactor, self.server.dsn("no_such_database"))
         self.assertIn("no_such_database", str(caught.exception))
+
+    async def test_no_right_to_create_the_tables_is_permanent(self) -> None:
+        schema = self.dsn.split("search_path=")[1].rstrip("'")
+        role = f"reader_{schema}"
+        await self.query(f"CREATE ROLE {role} LOGIN")
+        await self.query(f"GRANT USAGE ON SCHEMA {schema} TO {role}")  # but not CREATE
+        with self.assertRaises(StorageError) as caught:
+            await open_postgres(reactor, self.dsn.replace("user=postgres", f"user={role}"))
+        self.assertTrue(caught.exception.permanent)
+        self.assertIn("InsufficientPrivilege", str(caught.exception))
+        with self.assertRaises(StorageError) as caught:  # may be created later: retried
+            await open_postgres(reactor, self.server.dsn("no_such_database"))
+        self.assertFalse(caught.exception.permanent)
 
     async def test_closed_store_refuses(self) -> None:
         store = await self.open()
@@ -257,7 +283,7 @@ class PostgresRecorderTests(PostgresTestCase):
         self.assertGreater(world.recorder.backfills_done, 3)
         await world.stop_recorder()
         self.assertGreaterEqual(world.reconnects, 12)
-        self.flushLoggedErrors()  # the failed writes, logged and retried
+        self.assertEqual(self.flushLoggedErrors(), [])  # failed writes: warnings, then retried
 
         store = await self.open()
         stored = await assert_series_whole(self, world, store, min_bars=14)
