@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any, cast
 from unittest import mock
 
+from twisted.application.service import IServiceMaker
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IProtocolFactory, IReactorCore, IStreamClientEndpoint
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel
+from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -326,11 +328,27 @@ class EnvOptionTests(SynchronousTestCase):
             self.assertRaises(usage.UsageError, parse, "--stop-timeout", bad)
 
     def test_twistd_plugin_takes_env_and_stop_timeout(self) -> None:
-        options = tap.Options()
+        makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}
+        options = makers["ctrader-record"].options()
         options.parseOptions(["--env", "sandbox", "--stop-timeout", "5", "--port", "1"])
         service = tap.build_service(options, reactor)  # type: ignore[arg-type]
         recorder = tap.recorder_of(service)
         self.assertEqual(recorder.config.stop_timeout, 5.0)
+
+    def test_twistd_start_error_is_one_line_and_its_status(self) -> None:
+        missing = str(temp_dir(self) / "none.json")
+        options = parse("--env", "demo", "-a", "1", "--token-file", missing)
+        env = {"CTRADER_CLIENT_ID": "id", "CTRADER_CLIENT_SECRET": "secret"}
+        stderr = mock.patch.object(sys, "stderr", new_callable=io.StringIO)
+        with (
+            mock.patch.dict(os.environ, env),
+            stderr as err,
+            self.assertRaises(SystemExit) as exit_,
+        ):
+            tap.makeService(options)
+        self.assertEqual(exit_.exception.code, 3)
+        self.assertEqual(err.getvalue().count("\n"), 1)
+        self.assertIn(f"ctrader-record: error: no token in {missing}", err.getvalue())
 
     def test_cli_exit_statuses_before_running(self) -> None:
         err = mock.patch.object(sys, "stderr", new_callable=io.StringIO)
