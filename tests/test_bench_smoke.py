@@ -108,6 +108,7 @@ class ReportTests(SynchronousTestCase):
         text = (out / "benchmarks.md").read_text()
         self.assertIn("| events/s >= 10x official | 5.0x | NO |", text)
         self.assertIn("10x the official SDK's 40,000 events/s is 400,000/s", text)
+        self.assertIn("The target lies above the bare parse ceiling", text)
         self.assertIn("## Profile of the events path", text)
         self.assertIn("two-step ceiling (paired per burst) | 67% |", text)
 
