@@ -112,6 +112,16 @@ class ReportTests(SynchronousTestCase):
         self.assertIn("## Profile of the events path", text)
         self.assertIn("two-step ceiling (paired per burst) | 67% |", text)
 
+    def test_events_ratio_run_by_run(self) -> None:
+        official = _official_run()
+        slower = _official_run()
+        slower["events"]["rates"] = [10_000.0]
+        summary = summarize(
+            [_our_run(0.5, [200_000.0]), _our_run(0.5, [150_000.0])], [official, slower]
+        )
+        shown = {name: measured for name, measured, _ in summary.targets}
+        self.assertEqual(shown["events/s >= 10x official"], "11.7x (run by run: 10.0x to 15.0x)")
+
     def test_markdown_without_official_runs(self) -> None:
         summary = summarize([_our_run(0.5, [200_000.0])], [])
         out = Path(self.mktemp())
