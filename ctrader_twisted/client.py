@@ -103,8 +103,9 @@ class Client(AccountMethods, Service):
     :param rate_limit: requests per ``rate_window`` for ordinary requests (0: unlimited).
     :param historical_rate_limit: requests per ``rate_window`` for historical requests.
     :param rate_window: the server's rate-limit window in seconds.
-    :param rate_margin: extra seconds before a sent request's slot is used again, so that
-        delays on the way to the server never make it count more than the limit in a window.
+    :param rate_margin: a sent request's slot is used again one ``rate_window`` after the
+        later of its write plus this margin and the arrival of its answer, so that delays on
+        the way to the server never make it count more than the limit in a window.
     :param rate_limit_retries: how often a non-trading request refused for the rate limit is
         queued again (first in line; its lane waits for ``retryAfter``, or one window).
     :param reconnect_initial_delay: first reconnect delay in seconds.
