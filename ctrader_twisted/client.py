@@ -21,10 +21,17 @@ from google.protobuf.message import Message
 from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IAddress, IProtocol, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from . import messages as m
 from ._client_accounts import AccountMethods
@@ -84,9 +91,27 @@ def _default_reactor() -> IReactorTime:
 class _SessionFactory(Factory):
     def __init__(self, build: Callable[[], OpenApiProtocol]) -> None:
         self._build = build
+        self.noisy = False  # no "Starting factory" lines on every reconnect
 
     def buildProtocol(self, addr: IAddress | None) -> OpenApiProtocol:
         return self._build()
+
+
+@implementer(IStreamClientEndpoint)
+class _ReportingEndpoint:
+    """An endpoint that reports each failed connection attempt before passing it on."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, report: Callable[[Failure], None]) -> None:
+        self._endpoint = endpoint
+        self._report = report
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        def failed(reason: Failure) -> Failure:
+            self._report(reason)
+            return reason
+
+        connecting: Deferred[IProtocol] = self._endpoint.connect(protocolFactory)
+        return connecting.addErrback(failed)
 
 
 class Client(AccountMethods, Service):
@@ -178,7 +203,7 @@ class Client(AccountMethods, Service):
         #: Number of times the client became ready again after its first connection.
         self.reconnect_count = 0
         self._service = ClientService(
-            endpoint,
+            _ReportingEndpoint(endpoint, self._connect_failed),
             _SessionFactory(self._build_protocol),
             retryPolicy=self._retry_delay,
             clock=self._clock,
@@ -404,7 +429,16 @@ class Client(AccountMethods, Service):
     def session_lost(self, session: Session, reason: Failure, unsent: list[PendingRequest]) -> None:
         if session is not self._session:
             return
-        self._log.info("connection lost: {reason}", reason=reason.getErrorMessage())
+        if self._ready or self._stopped:
+            self._log.info("connection lost: {reason}", reason=reason.getErrorMessage())
+        else:
+            # Lost before the session was ready: a TLS verification failure, a server that
+            # closes at once, a restore that failed.  Visible, since when_ready() still waits.
+            self._log.warn(
+                "connection lost before the session was ready (attempt {attempt}): {reason}",
+                attempt=self._failures + 1,
+                reason=reason.getErrorMessage(),
+            )
         self._session = None
         self._ready = False
         carried = []
@@ -459,6 +493,14 @@ class Client(AccountMethods, Service):
             dead_link_timeout=self._dead_link_timeout,
         )
         return OpenApiProtocol(session, self._clock, max_length=self._max_frame_length)
+
+    def _connect_failed(self, reason: Failure) -> None:
+        if not self._stopped:
+            self._log.warn(
+                "connection attempt {attempt} failed: {reason}",
+                attempt=self._failures + 1,
+                reason=reason.getErrorMessage(),
+            )
 
     def _retry_delay(self, attempt: int) -> float:
         self._failures += 1
