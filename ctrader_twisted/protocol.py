@@ -13,7 +13,7 @@ import struct
 from collections.abc import Callable
 from typing import Final, Protocol, TypeVar
 
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -23,16 +23,18 @@ from twisted.python.failure import Failure
 from ._failure import failure_of
 from .errors import FrameTooLarge, MalformedMessage, ProtocolError
 from .messages import Envelope, decode_envelope, encode_message
-from .messages._codec import decode_plain, decode_span
+from .messages._codec import PLAIN_HEADERS, decode_span
 
 __all__ = ["DEFAULT_MAX_LENGTH", "EventHandler", "MessageHandler", "OpenApiProtocol"]
 
-#: Largest frame accepted, in bytes (16 MiB).  Twisted's default of 99,999 bytes would cut off
-#: large symbol lists and history pages; the official SDK uses 15,000,000.
 _T = TypeVar("_T")
 _Event = Callable[["MessageHandler", "OpenApiProtocol", int, Message], None]
 _PREFIX: Final = struct.Struct("!I")
+#: A length prefix and the first four bytes of the envelope after it.
+_HEAD: Final = struct.Struct("!II")
 
+#: Largest frame accepted, in bytes (16 MiB).  Twisted's default of 99,999 bytes would cut off
+#: large symbol lists and history pages; the official SDK uses 15,000,000.
 DEFAULT_MAX_LENGTH: Final = 16 * 1024 * 1024
 
 
@@ -69,6 +71,13 @@ class EventHandler(MessageHandler, Protocol):
     ) -> None:
         """Must do what ``envelope_received(protocol, Envelope(payload_type, None, message))``
         does."""
+
+
+def _as_envelope(
+    handler: MessageHandler, protocol: OpenApiProtocol, payload_type: int, message: Message
+) -> None:
+    """The fast lane of a handler without one: the plain frame as an :class:`Envelope`."""
+    handler.envelope_received(protocol, Envelope(payload_type, None, message))
 
 
 class OpenApiProtocol(Int32StringReceiver):
@@ -140,49 +149,71 @@ class OpenApiProtocol(Int32StringReceiver):
         """Decode and deliver every whole frame in ``buffer``; return where the rest begins.
 
         The hot path of every connection: one loop over the frames of a read, each decoded in
-        place and handed straight to the handler, plain frames to its fast lane if it has one
-        (:class:`EventHandler`), without a call per frame through :meth:`stringReceived`.
+        place and handed straight to the handler, without a call per frame through
+        :meth:`stringReceived`.  One ``struct`` call reads a frame's length prefix and the
+        first four bytes of its envelope; for a plain frame (what
+        :func:`~ctrader_twisted.messages._codec.decode_plain` accepts, checked here inline)
+        the payload is parsed once and goes to the handler's fast lane if it has one
+        (:class:`EventHandler`).  Any other frame takes :meth:`_other_frame`.
         """
         size = len(buffer)
         offset = count = 0
         limit = self.MAX_LENGTH
         handler = self.handler
-        deliver = handler.envelope_received
-        event: _Event | None = getattr(type(handler), "event_received", None)
-        unpack = _PREFIX.unpack_from
-        while size - offset >= 4 and not self.paused:
-            (length,) = unpack(buffer, offset)
-            if length > limit:
-                self.lengthLimitExceeded(length)
+        event: _Event = getattr(type(handler), "event_received", None) or _as_envelope
+        plain = PLAIN_HEADERS
+        unpack, unpack_head = _PREFIX.unpack_from, _HEAD.unpack_from
+        while not self.paused:
+            if size - offset >= 8:
+                length, head = unpack_head(buffer, offset)
+            elif size - offset >= 4:
+                (length,), head = unpack(buffer, offset), -1
+            else:
                 break
             start = offset + 4
             end = start + length
-            if end > size:
+            if end > size or length > limit:
+                if length > limit:
+                    self.lengthLimitExceeded(length)
                 break
             offset = end
             count += 1
-            if event is not None:
-                plain = decode_plain(buffer, start, end)
-                if plain is not None:
+            known = plain.get(head)
+            if known is not None and length > 4:
+                payload_size = buffer[start + 4]  # a varint of one byte, or two
+                if payload_size <= 0x7F:
+                    begin = start + 5
+                elif length > 5 and buffer[start + 5] <= 0x7F:
+                    payload_size = (payload_size & 0x7F) | (buffer[start + 5] << 7)
+                    begin = start + 6
+                else:
+                    begin = end  # a longer varint: not plain (payload_size is not 0)
+                if begin + payload_size == end:
                     try:
-                        event(handler, self, plain[0], plain[1])
-                    except Exception:
-                        self._handler_failed()
-                    continue
-            if not length:
-                self._log.debug("ignoring a zero-length frame")
-                continue
-            try:
-                envelope = decode_span(buffer, start, end)
-            except MalformedMessage as error:
-                self._undecodable(error)
-                continue
-            try:
-                deliver(self, envelope)
-            except Exception:
-                self._handler_failed()
+                        message = known[1](buffer[begin:end])
+                    except DecodeError:
+                        pass  # not plain after all: the general decoder reports it
+                    else:
+                        try:
+                            event(handler, self, known[0], message)
+                        except Exception:
+                            self._handler_failed()
+                        continue
+            self._other_frame(buffer, start, end)
         self.frames_received += count
         return offset
+
+    def _other_frame(self, buffer: bytes, start: int, end: int) -> None:
+        """Decode and deliver the frame ``buffer[start:end]`` that is not plain."""
+        if start == end:
+            self._log.debug("ignoring a zero-length frame")
+            return
+        try:
+            envelope = decode_span(buffer, start, end)
+        except MalformedMessage as error:
+            self._undecodable(error)
+            return
+        self._safely(self.handler.envelope_received, envelope)
 
     def stringReceived(self, string: bytes) -> None:
         """Decode and deliver one frame body (the framing loop does the same inline)."""

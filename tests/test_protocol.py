@@ -17,7 +17,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ctrader_twisted import messages as m
 from ctrader_twisted.errors import FrameTooLarge, MalformedMessage
+from ctrader_twisted.messages._codec import _decode_general
 from ctrader_twisted.protocol import DEFAULT_MAX_LENGTH, OpenApiProtocol
+
+from .test_codec import _fields, _outcome
 
 
 class Recorder:
@@ -291,3 +294,48 @@ def test_fast_lane_sees_what_the_envelope_path_sees(frames: list[bytes], cuts: l
             )
         )
     assert results[0] == results[1]
+
+
+class Outcomes(Recorder):
+    """Notes every decoded frame and every decode error, in order, as ``_outcome`` shows them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outcomes: list[tuple[object, ...]] = []
+
+    def envelope_received(self, protocol: OpenApiProtocol, envelope: m.Envelope) -> None:
+        self.outcomes.append(_outcome(lambda: envelope))
+
+    def decode_failed(self, protocol: OpenApiProtocol, error: MalformedMessage) -> None:
+        self.outcomes.append(_outcome(_raise, error))
+
+
+class FastOutcomes(Outcomes):
+    def event_received(
+        self, protocol: OpenApiProtocol, payload_type: int, message: Message
+    ) -> None:
+        self.envelope_received(protocol, m.Envelope(payload_type, None, message))
+
+
+def _raise(error: MalformedMessage) -> m.Envelope:
+    raise error
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    bodies=st.lists(_fields(), max_size=8),
+    cuts=st.lists(st.integers(0, 2000), max_size=10),
+)
+def test_framing_loop_decodes_as_the_general_decoder(bodies: list[bytes], cuts: list[int]) -> None:
+    """The loop's inline check of plain frames against the general decoder, frame by frame,
+    on hostile envelopes, with and without a fast lane, however the stream is cut."""
+    expected = [_outcome(_decode_general, body, False) for body in bodies if body]
+    stream = b"".join(struct.pack("!I", len(body)) + body for body in bodies)
+    points = sorted({c for c in cuts if c <= len(stream)} | {0, len(stream)})
+    for handler in (Outcomes(), FastOutcomes()):
+        protocol = OpenApiProtocol(handler, Clock())
+        protocol.makeConnection(StringTransport())
+        for start, end in itertools.pairwise(points):
+            protocol.dataReceived(stream[start:end])
+        assert handler.outcomes == expected
+        assert protocol.frames_received == len(bodies)
