@@ -339,3 +339,38 @@ def test_framing_loop_decodes_as_the_general_decoder(bodies: list[bytes], cuts: 
             protocol.dataReceived(stream[start:end])
         assert handler.outcomes == expected
         assert protocol.frames_received == len(bodies)
+
+
+class Pausing(FastLaneRecorder):
+    """Pauses the protocol (as a flow-controlled consumer would) after each fast-lane frame."""
+
+    def event_received(
+        self, protocol: OpenApiProtocol, payload_type: int, message: Message
+    ) -> None:
+        super().event_received(protocol, payload_type, message)
+        protocol.pauseProducing()
+
+
+class PauseTests(SynchronousTestCase):
+    """As with Twisted's Int32StringReceiver: no frame is delivered while paused."""
+
+    def test_pause_in_a_handler_stops_the_loop_until_resumed(self) -> None:
+        handler = Pausing()
+        protocol = OpenApiProtocol(handler, Clock())
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(STREAM)
+        self.assertEqual(len(handler.envelopes), 2)  # up to the spot event, then paused
+        self.assertEqual(transport.producerState, "paused")
+        self.assertEqual(protocol.frames_received, 2)
+        protocol.resumeProducing()  # Twisted's resume feeds b"" to go on with the buffer
+        self.assertEqual(_decoded(handler), EXPECTED)
+        self.assertEqual(protocol.frames_received, 4)
+
+    def test_paused_before_data_delivers_nothing(self) -> None:
+        protocol, recorder, _, _ = connect()
+        protocol.pauseProducing()
+        protocol.dataReceived(STREAM)
+        self.assertEqual(recorder.envelopes, [])
+        protocol.resumeProducing()
+        self.assertEqual(_decoded(recorder), EXPECTED)
