@@ -214,8 +214,12 @@ def _class_for(code: str) -> type[OpenApiError]:
     return OpenApiError
 
 
-def _from_epoch(value: float) -> datetime:
-    return datetime.fromtimestamp(value, tz=timezone.utc)
+def _from_epoch(value: float) -> datetime | None:
+    # A timestamp no calendar can hold (a server bug or a hostile peer) reads as "not given".
+    try:
+        return datetime.fromtimestamp(value, tz=timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 def error_from_message(message: Message) -> OpenApiError | None:

@@ -119,3 +119,15 @@ class ErrorFromMessageTests(SynchronousTestCase):
         self.assertIsNone(error_from_message(filled))
         self.assertIsNone(error_from_message(m.ProtoOAVersionRes(version="91")))
         self.assertIsNone(error_from_message(m.ProtoOASpotEvent(ctidTraderAccountId=1, symbolId=1)))
+
+    def test_impossible_maintenance_end_reads_as_absent(self) -> None:
+        messages = [
+            m.ProtoOAErrorRes(errorCode="X", maintenanceEndTimestamp=-(2**62)),
+            m.ProtoOAErrorRes(errorCode="X", maintenanceEndTimestamp=2**62),
+            m.ProtoErrorRes(errorCode="X", maintenanceEndTimestamp=2**63),
+        ]
+        for message in messages:
+            error = error_from_message(message)
+            assert error is not None
+            self.assertIsNone(error.maintenance_end)
+            self.assertEqual(error.code, "X")
