@@ -171,6 +171,17 @@ class FakeServer:
         del self.received[:]
 
 
+def memory_link(client: Any, server: Any) -> iosim.IOPump:
+    """Connect two protocols through iosim (no greeting); pump the result to move bytes."""
+    return iosim.connect(
+        server,
+        iosim.FakeTransport(server, isServer=True),
+        client,
+        iosim.FakeTransport(client, isServer=False),
+        greet=False,
+    )
+
+
 class MemoryEndpoint:
     """An IStreamClientEndpoint that connects to a :class:`FakeServer` through iosim."""
 
@@ -192,15 +203,7 @@ class MemoryEndpoint:
             self.hanging.append(waiting)
             return waiting
         client = factory.buildProtocol(None)
-        server = self.server.build()
-        pump = iosim.connect(
-            server,
-            iosim.FakeTransport(server, isServer=True),
-            client,
-            iosim.FakeTransport(client, isServer=False),
-            greet=False,
-        )
-        self.pumps.append(pump)
+        self.pumps.append(memory_link(client, self.server.build()))
         return succeed(client)
 
     def flush(self) -> None:

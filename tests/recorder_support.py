@@ -35,6 +35,8 @@ from ctrader_twisted.sandbox import (
     SandboxFactory,
 )
 
+from .fakeserver import memory_link
+
 reactor = cast(IReactorCore, _global_reactor)
 START = 1_700_000_000.0  # a Tuesday: FX markets are open
 ACCOUNT = 5000001
@@ -52,15 +54,7 @@ class SandboxEndpoint:
 
     def connect(self, client_factory: IProtocolFactory) -> Deferred[Any]:
         client = client_factory.buildProtocol(None)
-        server = self.factory.buildProtocol(None)
-        pump = iosim.connect(
-            server,
-            iosim.FakeTransport(server, isServer=True),
-            client,
-            iosim.FakeTransport(client, isServer=False),
-            greet=False,
-        )
-        self.pumps.append(pump)
+        self.pumps.append(memory_link(client, self.factory.buildProtocol(None)))
         return succeed(client)
 
     def flush(self) -> None:
