@@ -123,11 +123,17 @@ class SlowReaderOverTLSTests(TestCase):
         await sleep(0.2)
         feed = running.factory.feed
         feed.stop()  # freeze the prices, let what is in flight arrive
-        await sleep(0.2)
-        book = Book()
-        book.apply(peer.received)  # every price complete, every depth deletion known
-        sent = {sid: (sub.bid, sub.ask) for sid in EVERY if (sub := feed.find(session, A, sid))}
-        self.assertEqual(book.prices, sent)  # the client has caught up
+
+        def caught_up() -> bool:
+            # What the sandbox last sent each subscription (a resync after a late pause
+            # sends the price of its own moment, so read it afresh each time).
+            sent = {sid: (s.bid, s.ask) for sid in EVERY if (s := feed.find(session, A, sid))}
+            book = Book()
+            book.apply(peer.received)  # every price complete, every depth deletion known
+            return book.prices == sent
+
+        # On a loaded machine the last bytes (or a last pause and its resync) take a moment.
+        await wait_for(caught_up, 5, "the client never caught up with the frozen prices")
         full = {
             f.message.symbolId
             for f in peer.received[seen:]

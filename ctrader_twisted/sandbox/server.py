@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Final
+from typing import Final, cast
 
 from google.protobuf.message import Message
 from twisted.internet.defer import Deferred
@@ -17,18 +17,20 @@ from twisted.internet.interfaces import (
     IListeningPort,
     IReactorSSL,
     IReactorTCP,
+    IReactorThreads,
     IReactorTime,
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from .. import messages as m
 from ..protocol import OpenApiProtocol
 from . import auth, history, live, orders, queries, reference, trading
 from .accounts import Broker
-from .certs import ensure_certificates
+from .certs import SandboxCertificates, ensure_certificates
 from .config import SandboxConfig, default_state_dir
 from .live import MarketFeed
 from .market import PriceWalk
@@ -262,17 +264,34 @@ def start_sandbox(
     """
     config = config or SandboxConfig()
     directory = Path(state_dir) if state_dir is not None else default_state_dir()
+    return Deferred.fromCoroutine(_start(reactor, config, port, interface, directory))
+
+
+def _load_certificates(directory: Path) -> tuple[SandboxCertificates, PrivateCertificate]:
     certs = ensure_certificates(directory)
     pem = certs.server_file.read_text()
-    server_cert = PrivateCertificate.loadPEM(pem)  # type: ignore[no-untyped-call]
+    return certs, PrivateCertificate.loadPEM(pem)  # type: ignore[no-untyped-call]
+
+
+async def _start(
+    reactor: IReactorSSL, config: SandboxConfig, port: int, interface: str, directory: Path
+) -> RunningSandbox:
+    # Key generation and file I/O stay off the reactor thread when the reactor has threads.
+    if IReactorThreads.providedBy(reactor):
+        threads = cast(IReactorThreads, reactor)
+        certs, server_cert = await deferToThreadPool(
+            reactor,
+            threads.getThreadPool(),
+            _load_certificates,
+            directory,
+        )
+    else:
+        certs, server_cert = _load_certificates(directory)
     factory = SandboxFactory(config, reactor)  # type: ignore[arg-type]
+    options = server_cert.options()  # type: ignore[no-untyped-call]
     endpoint = SSL4ServerEndpoint(  # type: ignore[no-untyped-call]
-        reactor, port, server_cert.options(), interface=interface
+        reactor, port, options, interface=interface
     )
-
-    def listening(lp: IListeningPort) -> RunningSandbox:
-        bound = lp.getHost().port  # type: ignore[attr-defined]
-        return RunningSandbox("localhost", bound, certs.ca_file, factory, lp, interface)
-
-    listened: Deferred[IListeningPort] = endpoint.listen(factory)  # type: ignore[no-untyped-call]
-    return listened.addCallback(listening)
+    listening: IListeningPort = await endpoint.listen(factory)  # type: ignore[no-untyped-call]
+    bound = listening.getHost().port  # type: ignore[attr-defined]
+    return RunningSandbox("localhost", bound, certs.ca_file, factory, listening, interface)
