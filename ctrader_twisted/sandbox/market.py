@@ -38,6 +38,9 @@ _LAYERS: Final = (
 _JITTER: Final = 0.00012
 _EXCURSION: Final = 0.00015
 _CACHE_LIMIT: Final = 4096
+#: Least reach of a minute bar beyond its open and close, and least tick noise, in points.
+_MIN_REACH: Final = 2
+_MIN_NOISE: Final = 3.0
 
 
 def mix64(a: int, b: int, c: int, d: int) -> int:
@@ -150,8 +153,9 @@ class PriceWalk:
             x = mix64(self.seed, spec.symbol_id, 2000, minute)
             reach = spec.price * 100_000 * _EXCURSION * spec.volatility
             point = spec.point
-            high += int(reach * ((x & 0xFFFF) / 65536.0) ** 2 / point) * point
-            low -= int(reach * (((x >> 16) & 0xFFFF) / 65536.0) ** 2 / point) * point
+            # At least _MIN_REACH points either side: a minute never trades at one price.
+            high += (_MIN_REACH + int(reach * ((x & 0xFFFF) / 65536.0) ** 2 / point)) * point
+            low -= (_MIN_REACH + int(reach * (((x >> 16) & 0xFFFF) / 65536.0) ** 2 / point)) * point
             low = max(point, low)
         return MinuteBar(minute, open_, high, low, close, self.slots)
 
@@ -176,7 +180,9 @@ class PriceWalk:
             keys[low_at] = bar.low
         points = sorted(keys.items())
         point = spec.point
-        noise = (bar.high - bar.low) / 4.0
+        # Enough noise that consecutive ticks usually differ by a point or more, as a liquid
+        # market's quotes do (only changed prices become spot events).
+        noise = max((bar.high - bar.low) / 4.0, _MIN_NOISE * point)
         ticks = [0] * n
         for (i0, p0), (i1, p1) in pairwise(points):
             ticks[i0] = p0
