@@ -191,6 +191,7 @@ class Client(AccountMethods, Service):
         self._waiting: deque[PendingRequest] = deque()
         self._ready_waiters: list[Deferred[None]] = []
         self._ready_callbacks: list[Callable[[], object]] = []
+        self._fatal_callbacks: list[Callable[[ApplicationAuthError], object]] = []
         self._lost_waiters: list[Deferred[None]] = []
         self._session: Session | None = None
         self._prepared: Deferred[None] | None = None
@@ -291,6 +292,33 @@ class Client(AccountMethods, Service):
                 self._ready_callbacks.remove(callback)
 
         return remove
+
+    def on_fatal(self, callback: Callable[[ApplicationAuthError], object]) -> Callable[[], None]:
+        """Call ``callback(error)`` when the application credentials are refused.
+
+        The client then stops reconnecting (see :meth:`when_ready`); long-running services use
+        this to stop, or to alert someone, instead of waiting for a session that never comes.
+        A callback registered after it happened is called at once.
+
+        :returns: a function that removes the callback.
+        """
+        self._fatal_callbacks.append(callback)
+        if self._fatal is not None:
+            self._call_fatal(callback, self._fatal)
+
+        def remove() -> None:
+            if callback in self._fatal_callbacks:
+                self._fatal_callbacks.remove(callback)
+
+        return remove
+
+    def _call_fatal(
+        self, callback: Callable[[ApplicationAuthError], object], error: ApplicationAuthError
+    ) -> None:
+        try:
+            callback(error)
+        except Exception:
+            self._log.failure("on_fatal callback {callback!r} raised", callback=callback)
 
     def on(self, message_type: type[_M], callback: Callable[[_M], object]) -> Callable[[], None]:
         """Call ``callback(message)`` for every received message of ``message_type``.
@@ -559,6 +587,8 @@ class Client(AccountMethods, Service):
         self._fatal = error
         self._abandon(error)
         session.close()
+        for callback in list(self._fatal_callbacks):
+            self._call_fatal(callback, error)
 
     def _become_ready(self, session: Session) -> None:
         self._ready = True

@@ -15,6 +15,7 @@ from twisted.trial.unittest import TestCase
 
 from ctrader_twisted import Client, tls_endpoint
 from ctrader_twisted import messages as m
+from ctrader_twisted.errors import ApplicationAuthError
 
 from .fakeserver import CLIENT_ID, CLIENT_SECRET, FakeServer
 from .hostile import LogCapture
@@ -75,6 +76,42 @@ class ReportingTests(ClientTestCase):
         with LogCapture() as log:
             h.stop()
         self.assertEqual(warnings(log), [])
+
+
+class FatalHookTests(ClientTestCase):
+    def test_on_fatal_hears_refused_credentials_once(self) -> None:
+        h = self.harness()
+        h.server.handlers[m.ProtoOAApplicationAuthReq] = lambda conn, cid, msg: conn.error(
+            cid, "CH_CLIENT_AUTH_FAILURE"
+        )
+        heard: list[ApplicationAuthError] = []
+        removed: list[ApplicationAuthError] = []
+        h.client.on_fatal(heard.append)
+        h.client.on_fatal(removed.append)()  # removed before it happens
+        h.start()
+        h.advance(60)  # no reconnect after a fatal refusal
+        self.assertEqual([e.code for e in heard], ["CH_CLIENT_AUTH_FAILURE"])
+        self.assertEqual(removed, [])
+        late: list[ApplicationAuthError] = []
+        h.client.on_fatal(late.append)  # registered afterwards: called at once
+        self.assertEqual(late, heard)
+        self.failureResultOf(h.client.when_ready(), ApplicationAuthError)
+
+    def test_a_raising_callback_is_logged_and_the_others_run(self) -> None:
+        h = self.harness()
+        h.server.handlers[m.ProtoOAApplicationAuthReq] = lambda conn, cid, msg: conn.error(
+            cid, "CH_CLIENT_AUTH_FAILURE"
+        )
+        heard: list[ApplicationAuthError] = []
+
+        def broken(error: ApplicationAuthError) -> None:
+            raise RuntimeError("callback bug")
+
+        h.client.on_fatal(broken)
+        h.client.on_fatal(heard.append)
+        h.start()
+        self.assertEqual(len(heard), 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 
 class UntrustedServerTests(TestCase):

@@ -8,6 +8,7 @@ processes).  Transient ones are retried with a warning per failed attempt.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import shutil
@@ -158,6 +159,22 @@ class FatalStartTests(TestCase):
         self.assertIsInstance(errors[0], ApplicationAuthError)
         self.assertEqual(exit_status(errors[0])[0], ExitCode.AUTH)
         self.assertNotIn("wrong-secret", str(events))
+        await world.stop_recorder()
+
+    async def test_credentials_revoked_while_recording(self) -> None:
+        """The application's secret stops working after a good start: the client gives up
+        (CH_CLIENT_AUTH_FAILURE is final) and the recorder reports it instead of idling."""
+        events = capture_logs(self)
+        world = sqlite_world(self)
+        recorder, errors = self.fatal_world(world)
+        await world.run(5)
+        self.assertEqual(errors, [])
+        world.factory.config = dataclasses.replace(world.factory.config, client_secret="rotated")
+        world.factory.drop_all()
+        await self.settle(world, errors)
+        self.assert_fatal_once(events, errors, "CH_CLIENT_AUTH_FAILURE")
+        self.assertIsInstance(recorder.fatal_error, ApplicationAuthError)
+        self.assertEqual(exit_status(errors[0])[0], ExitCode.AUTH)
         await world.stop_recorder()
 
     async def test_refused_account_token(self) -> None:

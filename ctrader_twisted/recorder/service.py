@@ -44,10 +44,11 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from ctrader_twisted import messages as m
+from ctrader_twisted._failure import failure_of
 from ctrader_twisted._models_symbols import RequestClient, UnknownSymbol
 from ctrader_twisted._oauth_accounts import AccountKeeper, keep_client_authorized
 from ctrader_twisted._oauth_refresh import TokenRefresher
-from ctrader_twisted.errors import CTraderError, OpenApiError
+from ctrader_twisted.errors import ApplicationAuthError, CTraderError, OpenApiError
 from ctrader_twisted.history import iter_trendbars
 from ctrader_twisted.recorder._fatal import is_fatal
 from ctrader_twisted.recorder._live import LiveBars, bar_row, depth_rows, spot_row
@@ -69,6 +70,9 @@ class RecorderClient(RequestClient, Protocol):
 
     def when_ready(self) -> Deferred[None]: ...
     def on_ready(self, callback: Callable[[], object]) -> Callable[[], None]: ...
+    def on_fatal(
+        self, callback: Callable[[ApplicationAuthError], object]
+    ) -> Callable[[], None]: ...
     def on(
         self, message_type: type[_M], callback: Callable[[_M], object]
     ) -> Callable[[], None]: ...
@@ -213,6 +217,8 @@ class Recorder(Service):
         self._removers.append(self._client.on(m.ProtoOASpotEvent, self._on_spot))
         self._removers.append(self._client.on(m.ProtoOADepthEvent, self._on_depth))
         self._removers.append(self._client.on_ready(self._reconnected))
+        # Credentials refused later (revoked while recording): the client stops for good.
+        self._removers.append(self._client.on_fatal(self._client_fatal))
         if self.config.status_interval > 0:
             self._status.start(self.config.status_interval, now=False)
         while self.running:
@@ -246,9 +252,12 @@ class Recorder(Service):
                 )
             await deferLater(self._clock, _SETUP_RETRY)
 
+    def _client_fatal(self, error: ApplicationAuthError) -> None:
+        self._setup_failed(failure_of(error))
+
     def _setup_failed(self, failure: Failure) -> None:
         error = failure.value
-        if isinstance(error, CancelledError) or not self.running:
+        if isinstance(error, CancelledError) or not self.running or self.fatal_error is not None:
             return
         assert error is not None
         self.fatal_error = error
