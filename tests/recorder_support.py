@@ -256,3 +256,19 @@ def ohlcv(row: BarRow) -> tuple[int, ...]:
 
 def _closed(pump: iosim.IOPump) -> bool:
     return bool(pump.clientIO.disconnected and pump.serverIO.disconnected)
+
+
+async def record_briefly(options: Any) -> Recorder:
+    """Run the recorder service built by the tap from ``options`` (embedded sandbox) until it
+    has 30 events and a finished backfill, at most 10 s, then stop it; return the recorder."""
+    from ctrader_twisted.recorder import tap
+
+    service = cast(MultiService, tap.build_service(options, cast(Any, reactor)))
+    service.startService()
+    recorder = cast(list[Recorder], list(service))[-1]
+    for _ in range(200):  # at most 10 s
+        await deferLater(_global_reactor, 0.05, lambda: None)
+        if recorder.events_received >= 30 and recorder.backfills_done:
+            break
+    await service.stopService()
+    return recorder

@@ -14,22 +14,26 @@ from decimal import Decimal
 from typing import cast
 from unittest import SkipTest, mock
 
-from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.logger import LogLevel
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from ctrader_twisted.recorder import tap
 from ctrader_twisted.recorder._rows import BarRow, DepthRow, SpotRow
 from ctrader_twisted.recorder._writer import BatchWriter
-from ctrader_twisted.recorder.service import Recorder
 from ctrader_twisted.recorder.storage import Batch, MarketStore, StorageError, open_postgres
 from tests import pgserver
 from tests.pgserver import PostgresServer, shared_server
-from tests.recorder_support import World, assert_series_whole, capture_logs, logged, reactor
+from tests.recorder_support import (
+    World,
+    assert_series_whole,
+    capture_logs,
+    logged,
+    reactor,
+    record_briefly,
+)
 from tests.test_recorder_storage import bar
 from tests.test_recorder_tap import parse, temp_dir
 
@@ -357,14 +361,7 @@ class PostgresTapTests(PostgresTestCase):
             "--postgres", self.dsn, "--sandbox-tick-interval", "0.02", "--status-interval", "0",
             "--sandbox-state-dir", str(directory / "sandbox"), "--history", "3",
         )  # fmt: skip
-        service = cast(MultiService, tap.build_service(options, reactor))
-        service.startService()
-        recorder = cast(list[Recorder], list(service))[-1]
-        for _ in range(200):  # at most 10 s
-            await deferLater(reactor, 0.05, lambda: None)
-            if recorder.events_received >= 30 and recorder.backfills_done:
-                break
-        await service.stopService()
+        recorder = await record_briefly(options)
         assert recorder.writer is not None
         self.assertEqual(recorder.writer.rows_pending, 0)  # everything was flushed at stop
         self.assertEqual(recorder.writer.write_failures, 0)

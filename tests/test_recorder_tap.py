@@ -14,7 +14,6 @@ from unittest import mock
 from twisted.application.service import IService, IServiceMaker, MultiService
 from twisted.internet import reactor as _global_reactor
 from twisted.internet.interfaces import IReactorSSL
-from twisted.internet.task import deferLater
 from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -27,6 +26,7 @@ from ctrader_twisted.recorder._live import LiveBars
 from ctrader_twisted.recorder._rows import BarRow
 from ctrader_twisted.recorder.service import Recorder
 from ctrader_twisted.tokens import Token, TokenStore
+from tests.recorder_support import record_briefly
 
 reactor = cast(IReactorSSL, _global_reactor)
 
@@ -135,14 +135,7 @@ class EmbeddedSandboxRunTests(TestCase):
             "-d", str(db), "--sandbox-tick-interval", "0.02", "--status-interval", "0",
             "--sandbox-state-dir", str(directory / "sandbox"), "--history", "3",
         )  # fmt: skip
-        service = cast(MultiService, tap.build_service(options, reactor))
-        service.startService()
-        recorder = cast(list[Recorder], list(service))[-1]
-        for _ in range(200):  # at most 10 s
-            await deferLater(_global_reactor, 0.05, lambda: None)
-            if recorder.events_received >= 30 and recorder.backfills_done:
-                break
-        await service.stopService()
+        recorder = await record_briefly(options)
         self.assertGreaterEqual(recorder.events_received, 30)
         with sqlite3.connect(db) as conn:
             spots = conn.execute("SELECT COUNT(*) FROM spots").fetchone()[0]
