@@ -129,26 +129,19 @@ class Session:
         self._owner.session_connected(self)
 
     def envelope_received(self, protocol: OpenApiProtocol, envelope: Envelope) -> None:
-        # The hot path: an event without a clientMsgId costs a set test and a dict lookup
-        # before its listeners run.  Everything else takes _special().
+        # Frames the protocol's fast lane did not take: answers (with a clientMsgId), events of
+        # unknown types, and the rare event framed some other way.
         payload_type, client_msg_id, message = envelope
-        if client_msg_id is not None or payload_type in self._special_types:
+        if client_msg_id is not None:
             self._special(payload_type, client_msg_id, message)
-            return
-        listeners = self._listeners.get(payload_type)
-        if listeners is None:
-            if isinstance(message, UnknownMessage):
-                self._log.warn(
-                    "ignored an event of unknown payload type {payload_type} ({size} bytes)",
-                    payload_type=payload_type,
-                    size=len(message.payload),
-                )
-            return
-        for listener in listeners:
-            try:
-                listener(message)
-            except Exception:
-                self._listener_failed(listener, message)
+        elif isinstance(message, UnknownMessage):  # nobody can listen to an unknown type
+            self._log.warn(
+                "ignored an event of unknown payload type {payload_type} ({size} bytes)",
+                payload_type=payload_type,
+                size=len(message.payload),
+            )
+        else:
+            self.event_received(protocol, payload_type, message)
 
     def event_received(
         self, protocol: OpenApiProtocol, payload_type: int, message: Message

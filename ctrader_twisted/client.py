@@ -63,6 +63,7 @@ __all__ = [
 ]
 
 _M = TypeVar("_M", bound=Message)
+_C = TypeVar("_C")
 
 #: Seconds to wait for an answer once a request is written.
 DEFAULT_REQUEST_TIMEOUT: Final = 10.0
@@ -95,6 +96,16 @@ class _SessionFactory(Factory):
 
     def buildProtocol(self, addr: IAddress | None) -> OpenApiProtocol:
         return self._build()
+
+
+def _remover(callbacks: list[_C], callback: _C) -> Callable[[], None]:
+    """A function that takes ``callback`` out of ``callbacks`` (safe to call twice)."""
+
+    def remove() -> None:
+        if callback in callbacks:
+            callbacks.remove(callback)
+
+    return remove
 
 
 @implementer(IStreamClientEndpoint)
@@ -286,12 +297,7 @@ class Client(AccountMethods, Service):
         :returns: a function that removes the callback.
         """
         self._ready_callbacks.append(callback)
-
-        def remove() -> None:
-            if callback in self._ready_callbacks:
-                self._ready_callbacks.remove(callback)
-
-        return remove
+        return _remover(self._ready_callbacks, callback)
 
     def on_fatal(self, callback: Callable[[ApplicationAuthError], object]) -> Callable[[], None]:
         """Call ``callback(error)`` when the application credentials are refused.
@@ -305,12 +311,7 @@ class Client(AccountMethods, Service):
         self._fatal_callbacks.append(callback)
         if self._fatal is not None:
             self._call_fatal(callback, self._fatal)
-
-        def remove() -> None:
-            if callback in self._fatal_callbacks:
-                self._fatal_callbacks.remove(callback)
-
-        return remove
+        return _remover(self._fatal_callbacks, callback)
 
     def _call_fatal(
         self, callback: Callable[[ApplicationAuthError], object], error: ApplicationAuthError

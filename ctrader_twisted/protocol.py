@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from ._failure import failure_of
 from .errors import FrameTooLarge, MalformedMessage, ProtocolError
 from .messages import Envelope, decode_envelope, encode_message
-from .messages._codec import PLAIN_HEADERS, decode_span
+from .messages._codec import PLAIN_HEADERS, _decode_general
 
 __all__ = ["DEFAULT_MAX_LENGTH", "EventHandler", "MessageHandler", "OpenApiProtocol"]
 
@@ -212,7 +212,8 @@ class OpenApiProtocol(Int32StringReceiver):
             self._log.debug("ignoring a zero-length frame")
             return
         try:
-            envelope = decode_span(buffer, start, end)
+            # The loop has already ruled out the plain shape: straight to the general decoder.
+            envelope = _decode_general(buffer[start:end], False)
         except MalformedMessage as error:
             self._undecodable(error)
             return
