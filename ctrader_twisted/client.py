@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import messages as m
+from ._callbacks import remover
 from ._client_accounts import AccountMethods
 from ._client_restore import ALREADY_DONE, RestoreSet, restore_accounts
 from ._client_session import Listener, Session
@@ -63,7 +64,6 @@ __all__ = [
 ]
 
 _M = TypeVar("_M", bound=Message)
-_C = TypeVar("_C")
 
 #: Seconds to wait for an answer once a request is written.
 DEFAULT_REQUEST_TIMEOUT: Final = 10.0
@@ -96,16 +96,6 @@ class _SessionFactory(Factory):
 
     def buildProtocol(self, addr: IAddress | None) -> OpenApiProtocol:
         return self._build()
-
-
-def _remover(callbacks: list[_C], callback: _C) -> Callable[[], None]:
-    """A function that takes ``callback`` out of ``callbacks`` (safe to call twice)."""
-
-    def remove() -> None:
-        if callback in callbacks:
-            callbacks.remove(callback)
-
-    return remove
 
 
 @implementer(IStreamClientEndpoint)
@@ -297,7 +287,7 @@ class Client(AccountMethods, Service):
         :returns: a function that removes the callback.
         """
         self._ready_callbacks.append(callback)
-        return _remover(self._ready_callbacks, callback)
+        return remover(self._ready_callbacks, callback)
 
     def on_fatal(self, callback: Callable[[ApplicationAuthError], object]) -> Callable[[], None]:
         """Call ``callback(error)`` when the application credentials are refused.
@@ -311,7 +301,7 @@ class Client(AccountMethods, Service):
         self._fatal_callbacks.append(callback)
         if self._fatal is not None:
             self._call_fatal(callback, self._fatal)
-        return _remover(self._fatal_callbacks, callback)
+        return remover(self._fatal_callbacks, callback)
 
     def _call_fatal(
         self, callback: Callable[[ApplicationAuthError], object], error: ApplicationAuthError

@@ -44,6 +44,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from ctrader_twisted import messages as m
+from ctrader_twisted._callbacks import remover
 from ctrader_twisted._failure import failure_of
 from ctrader_twisted._models_symbols import RequestClient, UnknownSymbol
 from ctrader_twisted._oauth_accounts import AccountKeeper, keep_client_authorized
@@ -187,12 +188,7 @@ class Recorder(Service):
         self._fatal_callbacks.append(callback)
         if self.fatal_error is not None:
             callback(self.fatal_error)
-
-        def remove() -> None:
-            if callback in self._fatal_callbacks:
-                self._fatal_callbacks.remove(callback)
-
-        return remove
+        return remover(self._fatal_callbacks, callback)
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]

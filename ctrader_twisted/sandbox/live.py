@@ -202,11 +202,9 @@ class MarketFeed:
                 event.trendbar.append(bar)
         if not (first or event.HasField("bid") or event.HasField("ask") or event.trendbar):
             return
-        if sub.session.push_market(event):
-            sub.stale = False
-            self._factory.stats.spot_events_sent += 1
-        else:
-            sub.stale = True
+        sub.session.push(event)  # not paused: checked above, and nothing was written since
+        sub.stale = False
+        self._factory.stats.spot_events_sent += 1
 
     def _send_depth(self, sub: _Subscription, bid: int, ask: int) -> None:
         if sub.session.flow.paused:
@@ -225,10 +223,8 @@ class MarketFeed:
                 ids.append(self._depth_id)
                 quote = event.newQuotes.add(id=self._depth_id, size=size)
                 setattr(quote, side, price)
-        if sub.session.push_market(event):
-            sub.depth, sub.depth_stale = ids, False
-        else:
-            sub.depth_stale = True
+        sub.session.push(event)  # not paused: checked above
+        sub.depth, sub.depth_stale = ids, False
 
 
 def _validate(session: Session, account_id: int, ids: list[int], cmid: str | None) -> bool:

@@ -206,18 +206,6 @@ class Session:
         """Send an unsolicited event at once."""
         self._write(message, None)
 
-    def push_market(self, message: Message) -> bool:
-        """Send a market-data event (spot, depth) unless the client is not reading.
-
-        :returns: whether it was written; a dropped event is counted in the stats, and the
-            market feed re-sends full prices when the client reads again.
-        """
-        if self.flow.paused:
-            self.factory.stats.market_events_dropped += 1
-            return False
-        self._write(message, None)
-        return True
-
     def error(
         self,
         code: str,
