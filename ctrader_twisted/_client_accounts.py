@@ -138,12 +138,7 @@ class AccountMethods(TypedRequests):
             :meth:`request`.
         """
         symbols = list(symbol_ids)
-        self._record.remove_spots(account_id, symbols)
-        self._record.remove_depth(account_id, symbols)
-        bars = self._record.trendbars.get(account_id)
-        if bars:
-            gone = set(symbols)
-            bars.difference_update([entry for entry in bars if entry[0] in gone])
+        self._record.remove_spots(account_id, symbols)  # with their trendbars and depth
         return self.request(
             m.ProtoOAUnsubscribeSpotsReq(ctidTraderAccountId=account_id, symbolId=symbols)
         )
@@ -245,7 +240,8 @@ class AccountMethods(TypedRequests):
         """
         tokens = self._record.tokens
         if access_token is not None:
-            affected = [account for account, token in tokens.items() if token == access_token]
+            held = self.accounts_authorized_with(access_token)
+            affected = [account for account in tokens if account in held]
         else:
             affected = list(tokens) if len(set(tokens.values())) == 1 else []
         return Deferred.fromCoroutine(self._refresh(refresh_token, affected))

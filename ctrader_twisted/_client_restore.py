@@ -57,9 +57,15 @@ class RestoreSet:
         self.spots.setdefault(account, {}).update(dict.fromkeys(symbols, timestamps))
 
     def remove_spots(self, account: int, symbols: Iterable[int]) -> None:
+        """Forget spot subscriptions, and the live trendbars and depth that need them."""
+        gone = set(symbols)
         table = self.spots.get(account, {})
-        for symbol in symbols:
+        for symbol in gone:
             table.pop(symbol, None)
+        self.remove_depth(account, gone)
+        bars = self.trendbars.get(account)
+        if bars:
+            bars.difference_update([entry for entry in bars if entry[0] in gone])
 
     def add_depth(self, account: int, symbols: Iterable[int]) -> None:
         self.depth.setdefault(account, set()).update(symbols)

@@ -21,6 +21,7 @@ from typing import Any, Final, TextIO, TypeAlias, cast
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTCP, IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 
@@ -272,8 +273,6 @@ def exit_code(error: BaseException) -> ExitCode:
     (3); an unreachable or silent OAuth server and a redirect that never came are connection
     failures (4); an unreadable token file and a bad redirect URI are usage errors (2).
     """
-    from twisted.internet.defer import TimeoutError as DeferredTimeout
-
     if isinstance(error, CliError):
         return error.code
     if isinstance(error, OAuthConnectionError | OAuthTimeout | DeferredTimeout):
@@ -286,14 +285,13 @@ def exit_code(error: BaseException) -> ExitCode:
 
 
 async def _guard(flow: Coroutine[Any, Any, int], err: TextIO) -> int:
-    from twisted.internet.defer import TimeoutError as DeferredTimeout
-
     try:
         return await flow
-    except (CTraderError, DeferredTimeout) as exc:
-        if isinstance(exc, DeferredTimeout):
-            err.write("error: no redirect arrived in time; run the command again\n")
-        else:
-            err.write(f"error: {exc}\n")
-        err.flush()
-        return int(exit_code(exc))
+    except DeferredTimeout:
+        err.write("error: no redirect arrived in time; run the command again\n")
+        code = ExitCode.CONNECTION
+    except CTraderError as exc:
+        err.write(f"error: {exc}\n")
+        code = exit_code(exc)
+    err.flush()
+    return int(code)
