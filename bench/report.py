@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.summary import Figure, Summary, naive_minimum_s, theoretical_minimum_s
+from bench.summary import Figure, Summary, _num, naive_minimum_s, theoretical_minimum_s
 
 __all__ = ["Environment", "write_chart", "write_markdown"]
 
@@ -187,10 +187,6 @@ def write_markdown(path: Path, summary: Summary, env: Environment, chart: str | 
         )
     lines += ["", *_misses(summary), *_profile(), *_method(summary), *_reproduce()]
     path.write_text("\n".join(lines) + "\n")
-
-
-def _num(value: float | None, digits: int = 0) -> str:
-    return "n/a" if value is None else f"{value:,.{digits}f}"
 
 
 def _events_vs_official(summary: Summary) -> str:

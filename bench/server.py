@@ -42,13 +42,12 @@ FRAMES_PER_WRITE = 512
 class SpotBurst:
     """Writes ``count`` frames to one transport, pausing whenever the transport asks it to.
 
-    :param flow: the session's own producer (the sandbox's ``OutputFlow``), when it has one:
-        a transport holds a single producer, so the burst then has the flow relay the pause and
-        resume signals instead of registering itself.
+    :param flow: the session's own producer (the sandbox's ``OutputFlow``): a transport holds
+        a single producer, so the flow relays the pause and resume signals to the burst.
     """
 
     def __init__(
-        self, transport: ITransport, frames: Sequence[bytes], count: int, flow: Any = None
+        self, transport: ITransport, frames: Sequence[bytes], count: int, flow: Any
     ) -> None:
         self._transport: Any = transport
         self._flow = flow
@@ -60,11 +59,9 @@ class SpotBurst:
 
     def start(self) -> Deferred[None]:
         """Register for flow control and start writing; the Deferred fires when all are written."""
-        if self._flow is not None:
-            self._flow.attach(self)
-        else:
-            self._transport.registerProducer(self, True)
-        self.resumeProducing()
+        self._flow.attach(self)  # pauses the burst at once if the client is not reading
+        if not self._paused:
+            self.resumeProducing()
         return self.done
 
     def resumeProducing(self) -> None:
@@ -76,7 +73,7 @@ class SpotBurst:
             self._next = (self._next + take) % len(frames)
             self._remaining -= take
         if self._remaining == 0 and not self.done.called:
-            self._unregister()
+            self._flow.detach(self)
             self.done.callback(None)
 
     def pauseProducing(self) -> None:
@@ -86,12 +83,6 @@ class SpotBurst:
         self._remaining = 0
         if not self.done.called:
             self.done.callback(None)
-
-    def _unregister(self) -> None:
-        if self._flow is not None:
-            self._flow.detach(self)
-        else:
-            self._transport.unregisterProducer()
 
 
 class ControlServer(LineReceiver):
@@ -150,9 +141,7 @@ class BenchServer:
             protocol = session.protocol
             transport = protocol.transport if protocol is not None else None
             if transport is not None:
-                flow = getattr(session, "flow", None)
-                flow = flow if hasattr(flow, "attach") else None
-                pushes.append(SpotBurst(transport, self.frames, count, flow).start())
+                pushes.append(SpotBurst(transport, self.frames, count, session.flow).start())
 
         def finished(_: object) -> dict[str, object]:
             return {"sessions": len(pushes), "seconds": self.reactor.seconds() - started}

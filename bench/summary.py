@@ -190,7 +190,7 @@ def _spread(ratios: dict[str, float | None], key: str, unit: str, digits: int) -
     return f" (run by run: {_num(low, digits)}{unit} to {_num(high, digits)}{unit})"
 
 
-def _num(value: float | None, digits: int) -> str:
+def _num(value: float | None, digits: int = 0) -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}"
 
 
