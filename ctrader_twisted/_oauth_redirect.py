@@ -5,6 +5,9 @@ It listens on 127.0.0.1 only, answers the first request to its callback path, ch
 refuses everything else.  A redirect with a wrong or missing ``state`` is refused with an
 explanatory page and fails the wait with :class:`StateMismatch`, since it may come from another
 site trying to slip its own authorization code into this login (CSRF).
+
+Neither the code nor the ``state`` is ever logged: the web server keeps no access log (whose
+request lines would carry them).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IListeningPort, IReactorTCP
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
+from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
@@ -85,7 +89,7 @@ class RedirectCatcher:
         :returns: the TCP port actually bound.
         :raises twisted.internet.error.CannotListenError: the port is taken.
         """
-        site = Site(_CallbackResource(self))  # type: ignore[no-untyped-call]
+        site = _QuietSite(_CallbackResource(self))
         self._listening = self._reactor.listenTCP(
             self._port_number, cast(ServerFactory, site), interface=self._interface
         )
@@ -164,6 +168,24 @@ class RedirectCatcher:
             d.callback(outcome)
         else:
             d.errback(failure_of(outcome))
+
+
+class _QuietSite(Site):
+    """A :class:`Site` without an access log.
+
+    ``twisted.web`` writes one access-log line per request (``"GET /callback?code=...&state=..."``)
+    to the global log, where any observer (an application's, ``twistd``'s) would store the
+    authorization code and the ``state``.  The catcher logs its own outcome instead, without
+    them.  Not ``noisy`` either: the port is opened and closed once per login.
+    """
+
+    noisy = False
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource)  # type: ignore[no-untyped-call]
+
+    def log(self, request: http.Request) -> None:
+        """Write no access-log line (the request line carries the code and ``state``)."""
 
 
 class _CallbackResource(Resource):
