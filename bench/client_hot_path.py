@@ -71,15 +71,16 @@ class _NoEndpoint:
 
 def round_trips(count: int) -> list[float]:
     import trustme
-    from twisted.internet import reactor, ssl
+    from twisted.internet import reactor
     from twisted.internet.defer import ensureDeferred
 
+    from ctrader_twisted.testing import server_tls_options
     from tests.fakeserver import CLIENT_ID, CLIENT_SECRET, FakeServer
 
     ca = trustme.CA()
     cert = ca.issue_cert("localhost")
     server = FakeServer(reactor)
-    options = ssl.PrivateCertificate.loadPEM(cert.private_key_and_cert_chain_pem.bytes()).options()
+    options = server_tls_options(cert.private_key_and_cert_chain_pem.bytes())
     port = reactor.listenSSL(0, server.factory(), options, interface="127.0.0.1")
     with tempfile.TemporaryDirectory() as tmp:
         ca_file = Path(tmp) / "ca.pem"

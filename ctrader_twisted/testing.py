@@ -16,6 +16,10 @@ Two ways to get a :class:`~ctrader_twisted.Client` talking to a sandbox:
 * :func:`tls_client`: a client for a sandbox served by
   :func:`~ctrader_twisted.sandbox.start_sandbox` over real loopback TLS, verified against the
   sandbox's own CA (for :class:`twisted.trial.unittest.TestCase` with the real reactor).
+
+For your own TLS test servers, :func:`server_tls_options` turns PEM text (a key and its
+certificate chain, e.g. from ``trustme``) into server options without pyOpenSSL's deprecated
+``PKey``/``X509`` objects.
 """
 
 from __future__ import annotations
@@ -39,9 +43,10 @@ from zope.interface import implementer
 
 from .client import Client
 from .sandbox import RunningSandbox, SandboxConfig, SandboxFactory
+from .sandbox.certs import server_tls_options
 from .tls import tls_endpoint
 
-__all__ = ["DEFAULT_START", "MemoryEndpoint", "MemorySandbox", "tls_client"]
+__all__ = ["DEFAULT_START", "MemoryEndpoint", "MemorySandbox", "server_tls_options", "tls_client"]
 
 #: Default start time of a :class:`MemorySandbox` clock: Tuesday 2023-11-14 22:13:20 UTC,
 #: when every sandbox market is open.

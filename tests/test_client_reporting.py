@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import trustme
-from twisted.internet import reactor, ssl
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
@@ -16,6 +16,7 @@ from twisted.trial.unittest import TestCase
 from ctrader_twisted import Client, tls_endpoint
 from ctrader_twisted import messages as m
 from ctrader_twisted.errors import ApplicationAuthError
+from ctrader_twisted.testing import server_tls_options
 
 from .fakeserver import CLIENT_ID, CLIENT_SECRET, FakeServer
 from .hostile import LogCapture
@@ -122,9 +123,7 @@ class UntrustedServerTests(TestCase):
     def test_untrusted_certificate_is_reported(self) -> None:
         served_by, trusted = trustme.CA(), trustme.CA()
         cert = served_by.issue_cert("localhost")
-        options = ssl.PrivateCertificate.loadPEM(
-            cert.private_key_and_cert_chain_pem.bytes()
-        ).options()
+        options = server_tls_options(cert.private_key_and_cert_chain_pem.bytes())
         port: IListeningPort = reactor.listenSSL(  # type: ignore[attr-defined]
             0,
             FakeServer(reactor).factory(),

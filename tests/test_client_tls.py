@@ -7,7 +7,7 @@ from typing import Any
 
 import trustme
 from service_identity.exceptions import VerificationError
-from twisted.internet import defer, reactor, ssl
+from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
@@ -18,6 +18,7 @@ from ctrader_twisted import Client, tls_endpoint
 from ctrader_twisted import messages as m
 from ctrader_twisted.errors import ConnectionLost, MalformedMessage
 from ctrader_twisted.protocol import OpenApiProtocol
+from ctrader_twisted.testing import server_tls_options
 from ctrader_twisted.tls import trust_root_from_pem
 
 from .fakeserver import CLIENT_ID, CLIENT_SECRET, TOKEN, FakeServer
@@ -51,9 +52,7 @@ class TLSTests(TestCase):
 
     def listen(self, *names: str) -> int:
         cert = self.ca.issue_cert(*names)
-        options = ssl.PrivateCertificate.loadPEM(
-            cert.private_key_and_cert_chain_pem.bytes()
-        ).options()
+        options = server_tls_options(cert.private_key_and_cert_chain_pem.bytes())
         port: IListeningPort = reactor.listenSSL(  # type: ignore[attr-defined]
             0, self.server.factory(), options, interface="127.0.0.1"
         )

@@ -16,7 +16,7 @@ from pathlib import Path
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
@@ -28,6 +28,7 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from ctrader_twisted import messages as m
+from ctrader_twisted.testing import server_tls_options
 from ctrader_twisted.tls import tls_endpoint
 
 reactor: IReactorCore = _reactor  # type: ignore[assignment]
@@ -107,10 +108,7 @@ class PermissiveClientContext:
 
 def _options(leaf: trustme.LeafCert) -> CertificateOptions:
     pem = leaf.private_key_and_cert_chain_pem.bytes()
-    return CertificateOptions(
-        privateKey=crypto.load_privatekey(crypto.FILETYPE_PEM, pem),
-        certificate=crypto.load_certificate(crypto.FILETYPE_PEM, pem),
-    )
+    return server_tls_options(pem)
 
 
 def _messages(failure: Failure) -> str:

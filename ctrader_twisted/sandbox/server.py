@@ -22,7 +22,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import ServerFactory
-from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
+from twisted.internet.ssl import Certificate, CertificateOptions, optionsForClientTLS
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
@@ -30,7 +30,7 @@ from .. import messages as m
 from ..protocol import OpenApiProtocol
 from . import auth, history, live, orders, queries, reference, trading
 from .accounts import Broker
-from .certs import SandboxCertificates, ensure_certificates
+from .certs import SandboxCertificates, ensure_certificates, server_tls_options
 from .config import SandboxConfig, default_state_dir
 from .live import MarketFeed
 from .market import PriceWalk
@@ -267,10 +267,9 @@ def start_sandbox(
     return Deferred.fromCoroutine(_start(reactor, config, port, interface, directory))
 
 
-def _load_certificates(directory: Path) -> tuple[SandboxCertificates, PrivateCertificate]:
+def _load_certificates(directory: Path) -> tuple[SandboxCertificates, CertificateOptions]:
     certs = ensure_certificates(directory)
-    pem = certs.server_file.read_text()
-    return certs, PrivateCertificate.loadPEM(pem)  # type: ignore[no-untyped-call]
+    return certs, server_tls_options(certs.server_file.read_bytes())
 
 
 async def _start(
@@ -279,16 +278,15 @@ async def _start(
     # Key generation and file I/O stay off the reactor thread when the reactor has threads.
     if IReactorThreads.providedBy(reactor):
         threads = cast(IReactorThreads, reactor)
-        certs, server_cert = await deferToThreadPool(
+        certs, options = await deferToThreadPool(
             reactor,
             threads.getThreadPool(),
             _load_certificates,
             directory,
         )
     else:
-        certs, server_cert = _load_certificates(directory)
+        certs, options = _load_certificates(directory)
     factory = SandboxFactory(config, reactor)  # type: ignore[arg-type]
-    options = server_cert.options()  # type: ignore[no-untyped-call]
     endpoint = SSL4ServerEndpoint(  # type: ignore[no-untyped-call]
         reactor, port, options, interface=interface
     )

@@ -21,7 +21,7 @@ from typing import Final, TextIO
 from OpenSSL import SSL, crypto
 from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IListeningPort,
@@ -40,7 +40,7 @@ from twisted.logger import (
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from .certs import ensure_certificates
+from .certs import ensure_certificates, server_tls_options
 from .config import (
     DEFAULT_ACCESS_TOKEN,
     DEFAULT_CLIENT_ID,
@@ -258,10 +258,6 @@ class _AbortStart(SystemExit, Exception):
         self.code = code
 
 
-def _escape(path: Path) -> str:
-    return str(path).replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
-
-
 def _plain(reason: str) -> str:
     """``reason`` as the tail of a one-line message ("address already in use")."""
     reason = reason.strip().rstrip(".")
@@ -342,11 +338,17 @@ class SandboxService(Service):
             raise SandboxStartError(message, EXIT_USAGE) from None
         self.ca_file = certs.ca_file
         self._where = f"127.0.0.1:{options['port']}"
-        server = _escape(certs.server_file)
-        description = (
-            f"ssl:{options['port']}:interface=127.0.0.1:privateKey={server}:certKey={server}"
+        try:
+            tls = server_tls_options(certs.server_file.read_bytes())
+        except OSError as error:
+            reason = _plain(error.strerror or str(error))
+            raise SandboxStartError(f"bad file {certs.server_file}: {reason}", EXIT_USAGE) from None
+        except ValueError as error:
+            raise SandboxStartError(f"bad file {certs.server_file}: {error}", EXIT_USAGE) from None
+        endpoint: IStreamServerEndpoint = SSL4ServerEndpoint(  # type: ignore[no-untyped-call]
+            self.reactor, options["port"], tls, interface="127.0.0.1"
         )
-        return _server_endpoint(self.reactor, description, f"bad file {certs.server_file}")
+        return endpoint
 
     def privilegedStartService(self) -> None:
         """Start listening; the banner is written once the port is open.
