@@ -14,6 +14,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,14 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ctrader_twisted import messages as m
 from ctrader_twisted.sandbox import SandboxConfig, start_sandbox
-from ctrader_twisted.sandbox.certs import CA_FILE, SERVER_FILE, conforms, ensure_certificates
+from ctrader_twisted.sandbox.certs import (
+    CA_FILE,
+    SERVER_FILE,
+    conforms,
+    ensure_certificates,
+    server_tls_options,
+)
+from ctrader_twisted.sandbox.server import _load_certificates
 
 reactor: IReactorCore = global_reactor  # type: ignore[assignment]
 
@@ -89,12 +97,14 @@ def strict_handshake(ca_file: Path, port: int, name: str) -> dict[str, Any]:
     Runs in a thread (blocking socket calls, bounded by a timeout)."""
     context = ssl.create_default_context(cafile=str(ca_file))
     context.verify_flags |= ssl.VERIFY_X509_STRICT
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname=name) as tls:
-            tls.sendall(m.encode_frame(m.ProtoHeartbeatEvent()))
-            peer = tls.getpeercert()
-            assert peer is not None
-            return peer
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=name) as tls,
+    ):
+        tls.sendall(m.encode_frame(m.ProtoHeartbeatEvent()))
+        peer = tls.getpeercert()
+    assert peer is not None
+    return peer
 
 
 class CertificateExtensionTests(SynchronousTestCase):
@@ -148,9 +158,10 @@ class CertificateExtensionTests(SynchronousTestCase):
         server_pem.write_bytes(_chain(directory)[1].public_bytes(serialization.Encoding.PEM))
         for name in ("localhost", "127.0.0.1"):
             check = "-verify_hostname" if name == "localhost" else "-verify_ip"
-            result = subprocess.run(
-                [openssl, "verify", "-x509_strict", "-purpose", "sslserver", check, name]
-                + ["-CAfile", str(directory / CA_FILE), str(server_pem)],
+            ca = str(directory / CA_FILE)
+            command = [openssl, "verify", "-x509_strict", "-purpose", "sslserver"]
+            result = subprocess.run(  # noqa: S603 - our own arguments
+                [*command, check, name, "-CAfile", ca, str(server_pem)],
                 capture_output=True,
                 text=True,
                 timeout=30,
@@ -169,6 +180,23 @@ class CertificateExtensionTests(SynchronousTestCase):
         kept = certs.ca_file.read_bytes()
         ensure_certificates(directory)  # conforming files are kept
         self.assertEqual(certs.ca_file.read_bytes(), kept)
+
+
+class DeprecationTests(SynchronousTestCase):
+    def test_server_context_without_pyopenssl_objects(self) -> None:
+        """The sandbox's TLS context is built from cryptography objects: pyOpenSSL's
+        PKey/X509 deprecation warnings (issue 13.12) do not fire."""
+        directory = Path(self.mktemp())
+        certs, options = _load_certificates(directory)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            options.getContext()
+            server_tls_options(certs.server_file.read_bytes()).getContext()
+        self.assertEqual([str(w.message) for w in caught], [])
+
+    def test_bad_pem(self) -> None:
+        with self.assertRaises(ValueError):
+            server_tls_options(b"no pem here")
 
 
 class StrictClientTests(TestCase):
