@@ -115,13 +115,17 @@ def _pick(*values: object) -> str:
     return ""
 
 
-def _integer(text: str, what: str) -> int | None:
+def _integer(text: str, what: str, high: int) -> int | None:
+    """``text`` as a whole number from 1 to ``high``; ``None`` when empty."""
     if not text:
         return None
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         raise CliError(f"{what} must be a whole number, not {text!r}") from None
+    if not 1 <= value <= high:
+        raise CliError(f"{what} must be at least 1 and at most {high}, not {value}")
+    return value
 
 
 def _stored_token(environ: Mapping[str, str]) -> str:
@@ -172,12 +176,12 @@ def resolve_settings(
     return Settings(
         env=chosen,
         host=_pick(host, file.get("host"), defaults["host"]),
-        port=_integer(_pick(port, file.get("port"), defaults["port"]), "port") or PORT,
+        port=_integer(_pick(port, file.get("port"), defaults["port"]), "port", 65_535) or PORT,
         ca_file=Path(ca_text).expanduser() if ca_text else None,
         client_id=creds["client_id"],
         client_secret=creds["client_secret"],
         access_token=creds["access_token"],
-        account_id=_integer(account_text, "account id"),
+        account_id=_integer(account_text, "account id", 2**63 - 1),
     )
 
 

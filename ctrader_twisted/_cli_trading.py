@@ -13,6 +13,7 @@ from . import messages as m
 from ._cli_errors import CliError, ExitCode
 from ._cli_output import Column, Row
 from ._cli_session import Context
+from ._cli_validate import INT64_MAX
 from ._models_symbols import SymbolDetails
 from ._models_trading import (
     Fill,
@@ -257,6 +258,8 @@ def _volume_problem(symbol: SymbolDetails, volume: int, lots: bool) -> str:
     is named as the user gave it (units, or lots with ``lots``)."""
     if volume <= 0:
         return "the volume must be positive"
+    if volume > INT64_MAX:
+        return "the volume is too large"
     asked = _amount(symbol, volume, lots_first=True) if lots else _units(volume)
     if symbol.min_volume is not None and volume < symbol.min_volume:
         return f"{asked} is below the minimum of {_amount(symbol, symbol.min_volume)}"

@@ -180,9 +180,14 @@ def _quantum(digits: int) -> Decimal:
 def round_price(price: PriceLike, digits: int) -> Decimal:
     """Round ``price`` to ``digits`` decimal places, halves away from zero.
 
-    :raises ValueError: if ``price`` is not a finite number.
+    :raises ValueError: if ``price`` is not a finite number, or has too many digits before the
+        point to be rounded exactly (the decimal context's precision, 28 digits).
     """
-    return to_decimal(price).quantize(_quantum(digits), rounding=ROUND_HALF_UP)
+    value = to_decimal(price)
+    try:
+        return value.quantize(_quantum(digits), rounding=ROUND_HALF_UP)
+    except InvalidOperation:
+        raise ValueError(f"{value} is too large to round to {digits} decimal places") from None
 
 
 def price_from_int(value: int, digits: int | None = None) -> Decimal:
@@ -228,7 +233,7 @@ def plain(value: Decimal) -> Decimal:
     """``value`` without trailing fractional zeros and never in exponent form
     (``Decimal("2.50")`` -> ``2.5``, ``Decimal("1E+1")`` -> ``10``)."""
     if value == value.to_integral_value():
-        return value.quantize(Decimal(1))
+        return Decimal(int(value))  # exact at any size (quantize is bound to 28 digits)
     return value.normalize()
 
 

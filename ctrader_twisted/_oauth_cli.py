@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IReactorTCP, IReactorThreads, IReactorTi
 from twisted.internet.threads import deferToThreadPool
 
 from ctrader_twisted._cli_errors import CliError, ExitCode
+from ctrader_twisted._cli_validate import validate_options
 from ctrader_twisted._oauth_errors import OAuthConnectionError, OAuthError, OAuthTimeout
 from ctrader_twisted.errors import CTraderError
 from ctrader_twisted.oauth import DEFAULT_BASE_URL, SCOPES, OAuthClient, RedirectCatcher, new_state
@@ -205,6 +206,7 @@ def auth_flow(
 
 
 async def _auth(reactor: _Reactor, options: argparse.Namespace, out: TextIO) -> int:
+    validate_options(options)
     oauth = _oauth_client(reactor, options)
     target = urlsplit(options.redirect_uri)
     if target.scheme != "http" or target.hostname not in ("127.0.0.1", "localhost"):
@@ -246,6 +248,7 @@ def token_flow(
 
 
 async def _token(reactor: _Reactor, options: argparse.Namespace, out: TextIO) -> int:
+    validate_options(options)
     store = TokenStore(options.token_file, reactor)
     token = await store.load()
     if token is None:

@@ -22,8 +22,9 @@ from . import __version__
 from ._cli_config import ENVIRONMENTS, resolve_settings
 from ._cli_errors import CliError, ExitCode, describe_failure
 from ._cli_output import Output
-from ._cli_parse import parse_decimal, parse_time
+from ._cli_parse import MAX_PRICE, MAX_UNITS, parse_decimal, parse_time
 from ._cli_reactor import CliReactor
+from ._cli_validate import validate_options
 from ._models_units import EPOCH, Period, QuoteSide, TradeSide
 
 if TYPE_CHECKING:
@@ -190,7 +191,11 @@ def _action(options: argparse.Namespace, now: datetime) -> _Action:
     if command == "order":
         return _order_action(options)
     if command == "close":
-        amount = parse_decimal(options.volume, "--volume") if options.volume else None
+        amount = (
+            parse_decimal(options.volume, "--volume", MAX_UNITS)
+            if options.volume is not None
+            else None
+        )
         return lambda ctx: run_close(ctx, options.position, amount)
     if command == "symbols":
         return lambda ctx: run_symbols(ctx, options.pattern)
@@ -205,8 +210,6 @@ def _history_action(options: argparse.Namespace, now: datetime) -> _Action:
     start, end = parse_time(options.start, now), parse_time(options.end, now)
     if end <= start:
         raise CliError("--from must be before --to")
-    if options.limit < 0:
-        raise CliError("--limit must not be negative")
     symbol, out_file, limit = options.symbol, options.out, options.limit
     try:
         if options.command == "bars":
@@ -226,10 +229,6 @@ async def _ok(count: Awaitable[int]) -> int:
 def _quotes_action(options: argparse.Namespace) -> _Action:
     from ._cli_market import run_quotes
 
-    if options.count is not None and options.count <= 0:
-        raise CliError("--count must be positive")
-    if options.duration is not None and options.duration <= 0:
-        raise CliError("--duration must be positive")
     return lambda ctx: run_quotes(ctx, options.symbols, options.count, options.duration)
 
 
@@ -237,9 +236,9 @@ def _order_action(options: argparse.Namespace) -> _Action:
     from ._cli_trading import run_order
 
     side = TradeSide.parse(options.side)
-    amount = parse_decimal(options.volume, "volume")
-    sl = parse_decimal(options.sl, "--sl") if options.sl else None
-    tp = parse_decimal(options.tp, "--tp") if options.tp else None
+    amount = parse_decimal(options.volume, "volume", MAX_UNITS)
+    sl = parse_decimal(options.sl, "--sl", MAX_PRICE) if options.sl is not None else None
+    tp = parse_decimal(options.tp, "--tp", MAX_PRICE) if options.tp is not None else None
     return lambda ctx: run_order(
         ctx, side, options.symbol, amount, lots=options.lots, stop_loss=sl, take_profit=tp
     )
@@ -251,6 +250,7 @@ async def execute(reactor: CliReactor, options: argparse.Namespace, out: Output)
     :returns: the exit code (see :class:`~ctrader_twisted._cli_errors.ExitCode`).
     """
     try:
+        validate_options(options)
         if options.command == "demo":
             from .demo import run_demo
 

@@ -17,7 +17,9 @@ runs or from a thread.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import math
 import os
 import stat
 import tempfile
@@ -47,6 +49,8 @@ DEFAULT_TOKEN_PATH_ENV: Final = "CTRADER_TOKEN_FILE"  # noqa: S105 - a variable 
 _FILE_MODE: Final = 0o600
 _DIR_MODE: Final = 0o700
 _FORMAT_VERSION: Final = 1
+#: A token file is a few hundred bytes; anything past this is not one (and is not read whole).
+_MAX_FILE_SIZE: Final = 64 * 1024
 _T = TypeVar("_T")
 
 
@@ -147,7 +151,13 @@ class Token:
 def _number(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TokenFileError("token file has non-numeric times")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        number = math.inf
+    if not math.isfinite(number):
+        raise TokenFileError("token file has non-finite times")
+    return number
 
 
 def default_token_path() -> Path:
@@ -181,8 +191,8 @@ class TokenStore:
         """Read the token in a worker thread.
 
         :returns: a Deferred that fires with the :class:`Token`, or ``None`` when the file does
-            not exist.  It fails with :class:`TokenFileError` when the file cannot be read or
-            parsed.
+            not exist.  It fails with :class:`TokenFileError` when the file cannot be read,
+            decoded (not UTF-8) or parsed.
         """
         return self._in_thread(self.read)
 
@@ -195,16 +205,26 @@ class TokenStore:
         return self._in_thread(lambda: self.write(token))
 
     def read(self) -> Token | None:
-        """Blocking form of :meth:`load`."""
+        """Blocking form of :meth:`load`.
+
+        :raises TokenFileError: the file cannot be read, is larger than 64 KiB, is not UTF-8,
+            is not JSON, or does not hold a token.
+        """
         try:
-            text = self.path.read_text(encoding="utf-8")
+            raw = _read_regular_file(self.path, _MAX_FILE_SIZE + 1)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise TokenFileError(f"cannot read {self.path}: {exc.strerror}") from None
+        if len(raw) > _MAX_FILE_SIZE:
+            raise TokenFileError(f"{self.path} is too large for a token file")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise TokenFileError(f"{self.path} is not UTF-8 text") from None
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise TokenFileError(f"{self.path} is not valid JSON") from None
         if not isinstance(data, dict):
             raise TokenFileError(f"{self.path} does not hold a JSON object")
@@ -231,6 +251,18 @@ class TokenStore:
         if reactor is None:
             raise TypeError("TokenStore needs a reactor for load() and save(); use read()/write()")
         return deferToThreadPool(reactor, reactor.getThreadPool(), work)
+
+
+def _read_regular_file(path: Path, limit: int) -> bytes:
+    """At most ``limit`` bytes of a regular file (a FIFO or device would block or never end).
+
+    :raises OSError: cannot be opened or read, or is not a regular file (``EINVAL``).
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return handle.read(limit)
 
 
 def _atomic_write(path: Path, payload: bytes) -> None:

@@ -23,6 +23,7 @@ from ctrader_twisted.models import (
     money_from_int,
     money_to_int,
     ms_from_datetime,
+    plain,
     price_from_float,
     price_from_int,
     price_to_int,
@@ -234,3 +235,21 @@ class ProtectionTests(SynchronousTestCase):
             self.assertGreater(stop, entry_price)
             self.assertLess(take, entry_price)
         self.assertEqual(relative_protection(side, entry_price, stop, take), relative)
+
+
+class HugeValueTests(SynchronousTestCase):
+    """Values beyond the decimal context's 28 digits: exact, or a ValueError, never
+    ``decimal.InvalidOperation``."""
+
+    def test_plain_is_exact_at_any_size(self) -> None:
+        self.assertEqual(str(plain(Decimal("1E+30"))), "1" + "0" * 30)
+        self.assertEqual(str(plain(Decimal("-2.50"))), "-2.5")
+
+    def test_rounding_a_huge_price_is_a_value_error(self) -> None:
+        for call in (
+            lambda: round_price("1e300", 5),
+            lambda: price_to_int("1e300", 5),
+            lambda: relative_protection(TradeSide.BUY, "1.1", stop_loss="1e300"),
+        ):
+            with self.assertRaises(ValueError):
+                call()

@@ -285,3 +285,44 @@ class RefresherTests(SynchronousTestCase):
         refresher = TokenRefresher(clock, lambda rt: succeed(new), token(), store=store)
         self.assertEqual(self.successResultOf(refresher.refresh_now()), new)
         self.assertEqual(refresher.token, new)
+
+
+class UnreadableTokenFileTests(TestCase):
+    """Every kind of unusable token file is a ``TokenFileError`` (the CLI's exit 2, the
+    recorder's start-up error), never a ``UnicodeDecodeError`` or a hang."""
+
+    def store_with(self, content: bytes) -> TokenStore:
+        path = Path(self.mktemp())
+        path.write_bytes(content)
+        return TokenStore(path, cast(IReactorThreads, _global_reactor))
+
+    def test_bad_files(self) -> None:
+        deep = b"[" * 30_000 + b"]" * 30_000
+        nan = json.dumps({"accessToken": "a", "refreshToken": "r", "expiresAt": float("nan")})
+        huge = b'{"accessToken": "' + b"a" * 70_000 + b'", "refreshToken": "r"}'
+        for content, message in (
+            (b"\xff\xfe{\x00}\x00", "not UTF-8"),
+            (b'{"accessToken": "\xe9t\xe9"}', "not UTF-8"),
+            (deep, "not valid JSON"),
+            (nan.encode(), "non-finite"),
+            (b'{"accessToken": "a", "refreshToken": "r", "expiresAt": 1e999}', "non-finite"),
+            (huge, "too large"),
+        ):
+            with self.assertRaises(TokenFileError) as caught:
+                self.store_with(content).read()
+            self.assertIn(message, str(caught.exception))
+
+    async def test_load_fails_the_same_way(self) -> None:
+        with self.assertRaises(TokenFileError):
+            await self.store_with(b"\x80\x81").load()
+
+    def test_not_a_regular_file(self) -> None:
+        fifo = Path(self.mktemp())
+        os.mkfifo(fifo)  # opening it for reading would wait for a writer for ever
+        with self.assertRaises(TokenFileError) as caught:
+            TokenStore(fifo).read()
+        self.assertIn("not a regular file", str(caught.exception))
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        with self.assertRaises(TokenFileError):
+            TokenStore(directory).read()
