@@ -183,8 +183,18 @@ class World:
                 self.factory.drop_all()
                 self.endpoint.flush()
 
-    async def sandbox_bars(self, first_minute: int, end: float) -> list[BarRow]:
+    async def sandbox_bars(
+        self, first_minute: int, end: float, symbol_id: int = EURUSD, period: int = M1
+    ) -> list[BarRow]:
         """Ask the sandbox itself (over a fresh client) for the reference history."""
+        found = await self.sandbox_series({(symbol_id, period): first_minute}, end)
+        return found[(symbol_id, period)]
+
+    async def sandbox_series(
+        self, first_minutes: dict[tuple[int, int], int], end: float
+    ) -> dict[tuple[int, int], list[BarRow]]:
+        """The sandbox's history of several series (symbol, period), each from its first
+        minute up to ``end``, over one fresh client."""
         client = Client(
             self.endpoint,  # type: ignore[arg-type]
             client_id=DEFAULT_CLIENT_ID,
@@ -194,13 +204,17 @@ class World:
         client.startService()
         await self.wait(client.when_ready())
         await self.wait(client.authorize_account(ACCOUNT, DEFAULT_ACCESS_TOKEN))
-        start = datetime.fromtimestamp(first_minute * 60, tz=timezone.utc)
         stop = datetime.fromtimestamp(end, tz=timezone.utc)
-        bars = await self.wait(fetch_trendbars(client, ACCOUNT, EURUSD, M1, start, stop))
+        found: dict[tuple[int, int], list[BarRow]] = {}
+        for (symbol_id, period), first_minute in sorted(first_minutes.items()):
+            start = datetime.fromtimestamp(first_minute * 60, tz=timezone.utc)
+            fetching = fetch_trendbars(client, ACCOUNT, symbol_id, period, start, stop)
+            bars = await self.wait(fetching)
+            found[(symbol_id, period)] = [bar_row(symbol_id, bar, "history") for bar in bars]
         stopping = client.stopService()
         self.endpoint.flush()
         await stopping
-        return [bar_row(EURUSD, bar, "history") for bar in bars]
+        return found
 
 
 async def assert_series_whole(

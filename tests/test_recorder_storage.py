@@ -94,6 +94,9 @@ class SQLiteStoreTests(TestCase):
         self.assertEqual((bars[1].close, bars[1].source), (110002, "history"))
         self.assertEqual(await store.last_bar_minute(1, 1), 11)
         self.assertIsNone(await store.last_bar_minute(2, 1))
+        # the backfill cursor after a restart: the newest bar that came from history
+        self.assertEqual(await store.last_history_minute(1, 1), 10)
+        self.assertIsNone(await store.last_history_minute(2, 1))
 
     async def test_reopen_keeps_data(self) -> None:
         path = temp_db(self)

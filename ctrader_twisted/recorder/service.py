@@ -169,7 +169,12 @@ class Recorder(Service):
         self._backfilling: Deferred[None] | None = None
         self._backfill_retries: dict[tuple[int, int], IDelayedCall] = {}
         self._steps_done: set[str] = set()
-        self._newest_queued: dict[tuple[int, int], int] = {}
+        # Backfill cursor per series: the open minute of the newest bar a finished history
+        # fetch covered (every closed bar up to it is stored or queued); live bars never move
+        # it.  Read from the store the first time a series is backfilled.
+        self._cursors: dict[tuple[int, int], int | None] = {}
+        # Per series, the oldest closed live bar not yet confirmed from history.
+        self._unconfirmed: dict[tuple[int, int], int] = {}
         self.events_received = 0
         self.backfills_done = 0
         self._last_event_at: float | None = None
@@ -383,15 +388,12 @@ class Recorder(Service):
         if server_ms is not None:
             self._feed_lag_ms = now_ms - server_ms
 
-    def _store_bar(self, row: BarRow) -> None:
-        assert self.writer is not None
+    def _bar_closed(self, row: BarRow) -> None:
+        if self.writer is None:
+            return
         self.writer.add_bar(row)
         key = (row.symbol_id, row.period)
-        self._newest_queued[key] = max(row.time_minutes, self._newest_queued.get(key, 0))
-
-    def _bar_closed(self, row: BarRow) -> None:
-        if self.writer is not None:
-            self._store_bar(row)
+        self._unconfirmed[key] = min(row.time_minutes, self._unconfirmed.get(key, row.time_minutes))
         if self._ready_for_backfill:
             # The last live update of a bar can miss ticks that did not move the price (its
             # volume then falls short); history has the final bar, so confirm it from there.
@@ -464,27 +466,50 @@ class Recorder(Service):
             self._queue_backfill(*key)
 
     async def _backfill(self, symbol_id: int, period: int) -> int:
-        """Fetch closed bars from the newest stored one (inclusive) up to now."""
+        """Fetch closed bars from the series' cursor (inclusive) up to now.
+
+        The cursor moves only over what a history fetch returned, one window at a time (a
+        window is complete when it arrives), never because of a live bar: a live bar that closes
+        before its series' turn cannot make the fetch start after bars it has not stored yet.
+        """
         assert self.store is not None
         assert self.writer is not None
+        key = (symbol_id, period)
+        if key not in self._cursors:
+            self._cursors[key] = await self.store.last_history_minute(symbol_id, period)
         now = self._clock.seconds()
-        last = await self.store.last_bar_minute(symbol_id, period)
-        queued = self._newest_queued.get((symbol_id, period))
-        if queued is not None:  # newer than the database while its batch is being written
-            last = queued if last is None else max(last, queued)
-        start_minute = last if last is not None else int(now // 60) - self.config.history_minutes
+        cursor = self._cursors[key]
+        start_minute = (
+            cursor if cursor is not None else int(now // 60) - self.config.history_minutes
+        )
+        unconfirmed = self._unconfirmed.pop(key, None)
+        if unconfirmed is not None:
+            start_minute = min(start_minute, unconfirmed)
         start = datetime.fromtimestamp(start_minute * 60, tz=timezone.utc)
         end = datetime.fromtimestamp(now, tz=timezone.utc)
         count = 0
-        async for batch in iter_trendbars(
-            self._client, self.config.account_id, symbol_id, period, start, end
-        ):
-            for bar in batch:
-                row = bar_row(symbol_id, bar, "history")
-                if bar_close_minute(period, row.time_minutes) * 60 <= now:
-                    self._store_bar(row)
-                    count += 1
+        try:
+            async for batch in iter_trendbars(
+                self._client, self.config.account_id, symbol_id, period, start, end
+            ):
+                for bar in batch:
+                    row = bar_row(symbol_id, bar, "history")
+                    if bar_close_minute(period, row.time_minutes) * 60 <= now:
+                        self.writer.add_bar(row)
+                        self._advance(key, row.time_minutes)
+                        count += 1
+        except BaseException:
+            if unconfirmed is not None:  # still to confirm by the next backfill
+                self._unconfirmed[key] = min(unconfirmed, self._unconfirmed.get(key, unconfirmed))
+            raise
+        if self._cursors[key] is None:  # the whole range had no closed bar: it is complete
+            self._cursors[key] = start_minute
         return count
+
+    def _advance(self, key: tuple[int, int], minute: int) -> None:
+        cursor = self._cursors.get(key)
+        if cursor is None or minute > cursor:
+            self._cursors[key] = minute
 
     # Status
 

@@ -235,6 +235,29 @@ class MarketStore:
 
         return self._run(work)
 
+    def last_history_minute(self, symbol_id: int, period: int) -> Deferred[int | None]:
+        """Open time (minutes since epoch) of the newest bar of one series stored from history.
+
+        The recorder's backfill cursor starts here after a restart: every history fetch starts
+        at the previous cursor and is written in order, so the series is complete up to this
+        bar.  Bars stored live (possibly ahead of a gap the backfill had not filled yet) do not
+        count.
+
+        :returns: a Deferred firing with that minute, or ``None`` when no bar of the series
+            came from history; it fails with :class:`StorageError`.
+        """
+        sql = self._sql(
+            "SELECT time_minutes FROM bars WHERE symbol_id = ? AND period = ?"
+            " AND source = 'history' ORDER BY time_minutes DESC LIMIT 1"
+        )
+
+        def work(cursor: _Cursor) -> int | None:
+            cursor.execute(sql, (symbol_id, period))
+            row = cursor.fetchone()
+            return None if row is None or row[0] is None else int(cast(int, row[0]))
+
+        return self._run(work)
+
     def bars(self, symbol_id: int, period: int) -> Deferred[list[BarRow]]:
         """Every stored bar of one series.
 
