@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final, TextIO
+from typing import Any, Final, TextIO
 
 from OpenSSL import SSL, crypto
 from twisted.application.service import IService, Service
@@ -47,6 +47,7 @@ from .config import (
     DEFAULT_CLIENT_SECRET,
     DEFAULT_PORT,
     DEFAULT_REFRESH_TOKEN,
+    ConfigError,
     SandboxConfig,
     default_state_dir,
 )
@@ -70,11 +71,35 @@ EXIT_FAILED: Final = 1
 _DEFAULTS = SandboxConfig()
 
 
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise ValueError("must not be negative")
-    return number
+class _Number:
+    """Parses one option's value as ``kind`` (int or float), naming the option on failure."""
+
+    def __init__(self, option: str, kind: type[int] | type[float]) -> None:
+        self.option = option
+        self.kind = kind
+        self.coerceDoc = ""
+
+    def __call__(self, value: str) -> int | float:
+        try:
+            return self.kind(value)
+        except ValueError:
+            what = "a whole number" if self.kind is int else "a number"
+            raise ValueError(f"--{self.option} must be {what} (got {value!r})") from None
+
+
+def _named(parameters: list[list[Any]]) -> list[list[Any]]:
+    """``parameters`` with every int/float converter replaced by one naming its option."""
+    out = []
+    for entry in parameters:
+        if len(entry) == 5 and entry[4] in (int, float):
+            entry = [*entry[:4], _Number(str(entry[0]), entry[4])]
+        out.append(entry)
+    return out
+
+
+def usage_message(error: usage.UsageError) -> str:
+    """The one-line text of a usage error (without Twisted's type-enforcement prefix)."""
+    return str(error).removeprefix("Parameter type enforcement failed: ")
 
 
 def _port(value: str) -> int:
@@ -94,7 +119,7 @@ class Options(usage.Options):
         "file to trust.  Credentials default to sandbox-only values that are printed at start."
     )
     optFlags = [["always-open", None, "Ignore trading hours (markets never close)."]]
-    optParameters = [
+    optParameters: list[list[Any]] = [
         [
             "listen",
             "l",
@@ -128,14 +153,14 @@ class Options(usage.Options):
             None,
             _DEFAULTS.rate_limit,
             "Requests per second per connection (0: off).",
-            _positive_int,
+            int,
         ],
         [
             "historical-rate-limit",
             None,
             _DEFAULTS.historical_rate_limit,
             "Historical requests per second (0: off).",
-            _positive_int,
+            int,
         ],
         [
             "rate-limit-mode",
@@ -143,7 +168,7 @@ class Options(usage.Options):
             _DEFAULTS.rate_limit_mode,
             "'frequency' or 'blocked' (BLOCKED_PAYLOAD_TYPE + retryAfter).",
         ],
-        ["max-frame", None, _DEFAULTS.max_frame, "Largest inbound frame in bytes.", _positive_int],
+        ["max-frame", None, _DEFAULTS.max_frame, "Largest inbound frame in bytes.", int],
         [
             "slow-reader-timeout",
             None,
@@ -156,7 +181,7 @@ class Options(usage.Options):
             None,
             _DEFAULTS.slow_reader_backlog,
             "Abort a non-reading client after this many more bytes (0: no limit).",
-            _positive_int,
+            int,
         ],
         [
             "close-timeout",
@@ -165,13 +190,48 @@ class Options(usage.Options):
             "Abort a connection still closing after this long (0: never).",
             float,
         ],
+        [
+            "app-auth-timeout",
+            None,
+            _DEFAULTS.app_auth_timeout,
+            "Close connections not application-authorized this long after opening (0: never).",
+            float,
+        ],
+        [
+            "max-connections",
+            None,
+            _DEFAULTS.max_connections,
+            "Most connections at once; more get CONNECTIONS_LIMIT_EXCEEDED (0: no cap).",
+            int,
+        ],
+        [
+            "pre-auth-max-frame",
+            None,
+            _DEFAULTS.pre_auth_max_frame,
+            "Largest inbound frame in bytes before application auth.",
+            int,
+        ],
+        [
+            "work-slice-minutes",
+            None,
+            _DEFAULTS.work_slice_minutes,
+            "Minutes of history generated before other connections are served.",
+            int,
+        ],
+        [
+            "max-pending-work",
+            None,
+            _DEFAULTS.max_pending_work,
+            "History requests one connection may have in progress.",
+            int,
+        ],
         ["response-delay", None, None, "Fault: delay every answer by this many seconds.", float],
         [
             "drop-after-messages",
             None,
             None,
             "Fault: close each connection after N inbound messages.",
-            _positive_int,
+            int,
         ],
         ["drop-after-seconds", None, None, "Fault: abort each connection after T seconds.", float],
         [
@@ -179,28 +239,46 @@ class Options(usage.Options):
             None,
             None,
             "Fault: stall each connection after N inbound messages.",
-            _positive_int,
+            int,
         ],
         [
             "corrupt-frame-after",
             None,
             None,
             "Fault: send one corrupt frame after N inbound messages.",
-            _positive_int,
+            int,
         ],
     ]
 
+    optParameters = _named(optParameters)
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """Parse ``options``; every value is checked here (finite, in range).
+
+        Under ``twistd`` (as its subcommand) a bad option is one ``ctrader-sandbox: error:``
+        line on stderr and exit status :data:`EXIT_USAGE`; otherwise it raises
+        :class:`twisted.python.usage.UsageError`.
+        """
+        try:
+            super().parseOptions(options)  # type: ignore[no-untyped-call]
+        except usage.UsageError as error:
+            if getattr(self, "parent", None) is None:
+                raise
+            sys.stderr.write(f"ctrader-sandbox: error: {usage_message(error)}\n")
+            raise SystemExit(EXIT_USAGE) from None
+
     def postOptions(self) -> None:
-        if self["rate-limit-mode"] not in ("frequency", "blocked"):
-            raise usage.UsageError("--rate-limit-mode must be 'frequency' or 'blocked'")
-        if self["tick-interval"] <= 0:
-            raise usage.UsageError("--tick-interval must be positive")
-        for name in ("slow-reader-timeout", "close-timeout"):
-            if self[name] < 0:
-                raise usage.UsageError(f"--{name} must not be negative")
+        try:
+            self._config = self._make_config()
+        except ConfigError as error:
+            option = "--" + error.field.replace("_", "-")
+            raise usage.UsageError(f"{option} {error.requirement}") from None
 
     def config(self) -> SandboxConfig:
-        """The :class:`SandboxConfig` these options describe."""
+        """The :class:`SandboxConfig` these options describe (checked when parsed)."""
+        return self._make_config()
+
+    def _make_config(self) -> SandboxConfig:
         return SandboxConfig(
             client_id=self["client-id"],
             client_secret=self["client-secret"],
@@ -218,6 +296,11 @@ class Options(usage.Options):
             slow_reader_timeout=self["slow-reader-timeout"],
             slow_reader_backlog=self["slow-reader-backlog"],
             close_timeout=self["close-timeout"],
+            app_auth_timeout=self["app-auth-timeout"],
+            max_connections=self["max-connections"],
+            pre_auth_max_frame=self["pre-auth-max-frame"],
+            work_slice_minutes=self["work-slice-minutes"],
+            max_pending_work=self["max-pending-work"],
             response_delay=self["response-delay"],
             drop_after_messages=self["drop-after-messages"],
             drop_after_seconds=self["drop-after-seconds"],
@@ -488,9 +571,9 @@ def run_sandbox(argv: Sequence[str], out: TextIO | None = None) -> int:
     stderr = sys.stderr
     options = _CommandOptions()  # type: ignore[no-untyped-call]
     try:
-        options.parseOptions(list(argv))  # type: ignore[no-untyped-call]
+        options.parseOptions(list(argv))
     except usage.UsageError as error:
-        message = str(error).removeprefix("Parameter type enforcement failed: ")
+        message = usage_message(error)
         stderr.write(f"error: {message} (see ctrader-twisted sandbox --help)\n")
         return EXIT_USAGE
     from twisted.internet import reactor
