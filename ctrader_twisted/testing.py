@@ -124,6 +124,7 @@ class MemorySandbox:
         """Move bytes both ways on every connection until all are quiet (bounded)."""
         for _ in range(100):
             moved = False
+            self.clock.advance(0)  # history work waiting for its next slice runs now
             for pump in list(self.endpoint.pumps):
                 moved = bool(pump.flush()) or moved  # type: ignore[no-untyped-call]
             if not moved:

@@ -52,6 +52,7 @@ class RateLimitTests(SynchronousTestCase):
 class HeartbeatAndIdleTests(SynchronousTestCase):
     def test_heartbeat_every_ten_seconds(self) -> None:
         wire = Wire()
+        wire.auth_app()
         wire.clock.advance(9.9)
         self.assertEqual(wire.received(), [])
         wire.send(m.ProtoHeartbeatEvent())
@@ -63,6 +64,7 @@ class HeartbeatAndIdleTests(SynchronousTestCase):
 
     def test_idle_connection_is_closed_after_30_seconds(self) -> None:
         wire = Wire()
+        wire.auth_app()
         for _ in range(5):
             wire.clock.advance(20)
             wire.send(m.ProtoHeartbeatEvent())  # client heartbeats keep it open

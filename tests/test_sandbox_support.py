@@ -65,6 +65,7 @@ class Wire:
         self.protocol.dataReceived(m.encode_frame(message, cmid))
 
     def received(self) -> list[m.Envelope]:
+        self.clock.advance(0)  # history work waiting for its next slice runs now
         data = self.transport.value()
         new, self._seen = data[self._seen :], len(data)
         return decode_frames(new)

@@ -65,7 +65,7 @@ def _application_auth(session: Session, req: m.ProtoOAApplicationAuthReq, cmid: 
         session.error("CH_CLIENT_AUTH_FAILURE", "clientId or clientSecret is incorrect", cmid)
         session.close()
         return
-    session.app_authorized = True
+    session.authorize_application()
     session.reply(m.ProtoOAApplicationAuthRes(), cmid)
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 from .. import messages as m
 from .catalogue import SYMBOLS, SymbolSpec
 from .market import MinuteBar, PriceWalk
+from .work import Work, drain
 
 if TYPE_CHECKING:
     from .session import Handler, Session
@@ -28,8 +29,10 @@ __all__ = [
     "bar_start",
     "aggregate",
     "tick_page",
+    "tick_work",
     "trendbar_message",
     "trendbar_page",
+    "trendbar_work",
 ]
 
 #: Largest ``toTimestamp`` the protocol allows (19 January 2038).
@@ -53,6 +56,8 @@ PERIOD_MINUTES: Final[dict[int, int]] = {
     _P.W1: 10080,
 }
 _WEEK_SHIFT: Final = 4 * 1440  # the epoch is a Thursday; weekly bars start on Sunday 00:00 UTC
+#: Minutes aggregated between two yields of history work (a few milliseconds).
+_STEP: Final = 240
 
 
 class Bar(NamedTuple):
@@ -118,14 +123,32 @@ def merge(bar: Bar | None, one: MinuteBar | Bar) -> Bar:
     )
 
 
-def bar_until(walk: PriceWalk, spec: SymbolSpec, period: int, now_ms: int) -> Bar | None:
-    """The ``period`` bar in progress at ``now_ms``, up to the tick in effect then."""
+def _aggregate_work(walk: PriceWalk, spec: SymbolSpec, first: int, end: int) -> Work[Bar | None]:
+    """:func:`aggregate` in steps of :data:`_STEP` minutes, yielding each step's minutes."""
+    bar: Bar | None = None
+    for begin in range(first, end, _STEP):
+        stop = min(begin + _STEP, end)
+        part = aggregate(walk, spec, begin, stop)
+        if part is not None:
+            bar = merge(bar, part)
+        yield stop - begin
+    return bar
+
+
+def _bar_until_work(
+    walk: PriceWalk, spec: SymbolSpec, period: int, now_ms: int
+) -> Work[Bar | None]:
     minute, slot = walk.slot_of(now_ms)
     start = bar_start(period, minute)
-    bar = aggregate(walk, spec, start, minute)
+    bar = yield from _aggregate_work(walk, spec, start, minute)
     if walk.is_open(spec, minute):
         bar = merge(bar, walk.partial_bar(spec, minute, slot))
     return bar
+
+
+def bar_until(walk: PriceWalk, spec: SymbolSpec, period: int, now_ms: int) -> Bar | None:
+    """The ``period`` bar in progress at ``now_ms``, up to the tick in effect then."""
+    return drain(_bar_until_work(walk, spec, period, now_ms))
 
 
 def trendbar_message(period: int, bar: Bar) -> m.ProtoOATrendbar:
@@ -154,6 +177,25 @@ def trendbar_page(
 ) -> tuple[list[Bar], bool]:
     """Bars starting in ``[from_ms, to_ms]`` (and not after ``now_ms``), newest ``limit``
     of them, oldest first; and whether older bars remain in the range."""
+    work = trendbar_work(
+        walk, spec, period, from_ms, to_ms, now_ms, limit=limit, minutes_budget=minutes_budget
+    )
+    return drain(work)
+
+
+def trendbar_work(
+    walk: PriceWalk,
+    spec: SymbolSpec,
+    period: int,
+    from_ms: int,
+    to_ms: int,
+    now_ms: int,
+    *,
+    limit: int,
+    minutes_budget: int,
+) -> Work[tuple[list[Bar], bool]]:
+    """:func:`trendbar_page` as :data:`~ctrader_twisted.sandbox.work.Work`: yields the
+    minutes of the walk generated at each step."""
     first_minute = -(-from_ms // 60_000)
     last_minute = min(to_ms, now_ms) // 60_000
     now_minute, _ = walk.slot_of(now_ms)
@@ -165,9 +207,9 @@ def trendbar_page(
             break
         end = bar_end(period, start)
         if end > now_minute:
-            bar = bar_until(walk, spec, period, now_ms)
+            bar = yield from _bar_until_work(walk, spec, period, now_ms)
         else:
-            bar = aggregate(walk, spec, start, end)
+            bar = yield from _aggregate_work(walk, spec, start, end)
         spent += end - start
         if bar is not None:
             bars.append(bar._replace(start=start))
@@ -189,6 +231,25 @@ def tick_page(
 ) -> tuple[list[tuple[int, int]], bool]:
     """Ticks (timestamp ms, price) in ``[from_ms, to_ms]`` up to ``now_ms``, newest first,
     at most ``limit``; and whether older ticks remain in the range."""
+    work = tick_work(
+        walk, spec, ask, from_ms, to_ms, now_ms, limit=limit, minutes_budget=minutes_budget
+    )
+    return drain(work)
+
+
+def tick_work(
+    walk: PriceWalk,
+    spec: SymbolSpec,
+    ask: bool,
+    from_ms: int,
+    to_ms: int,
+    now_ms: int,
+    *,
+    limit: int,
+    minutes_budget: int,
+) -> Work[tuple[list[tuple[int, int]], bool]]:
+    """:func:`tick_page` as :data:`~ctrader_twisted.sandbox.work.Work`: yields one per
+    minute scanned."""
     to_ms = min(to_ms, now_ms)
     minute = to_ms // 60_000
     first_minute = from_ms // 60_000
@@ -207,6 +268,7 @@ def tick_page(
                     return ticks, True
                 ticks.append((when, prices[slot] + spread))
         minute -= 1
+        yield 1
     return ticks, minute >= first_minute
 
 
@@ -238,6 +300,14 @@ def _bounds(
     return spec, from_ms, to_ms
 
 
+def _busy(session: Session, cmid: str | None) -> bool:
+    """Refuse a history request while the connection has ``max_pending_work`` in progress."""
+    if session.factory.work.pending(session) < session.config.max_pending_work:
+        return False
+    session.refuse_rate(cmid, work=True)
+    return True
+
+
 def _trendbars(session: Session, req: m.ProtoOAGetTrendbarsReq, cmid: str | None) -> None:
     bounds = _bounds(session, req, cmid)
     if bounds is None:
@@ -248,10 +318,12 @@ def _trendbars(session: Session, req: m.ProtoOAGetTrendbarsReq, cmid: str | None
         text = f"Unknown trendbar period {period}"
         session.error("INVALID_REQUEST", text, cmid, account_id=req.ctidTraderAccountId)
         return
+    if _busy(session, cmid):
+        return
     limit = config.trendbar_chunk
     if req.HasField("count") and req.count > 0:
         limit = min(limit, req.count)
-    bars, has_more = trendbar_page(
+    work = trendbar_work(
         session.factory.walk,
         spec,
         period,
@@ -261,17 +333,22 @@ def _trendbars(session: Session, req: m.ProtoOAGetTrendbarsReq, cmid: str | None
         limit=limit,
         minutes_budget=config.trendbar_minutes_budget,
     )
-    if req.HasField("count") and 0 < req.count <= len(bars):
-        has_more = False  # the caller asked for exactly this many
-    res = m.ProtoOAGetTrendbarsRes(
-        ctidTraderAccountId=req.ctidTraderAccountId,
-        period=period,
-        timestamp=session.factory.now_ms(),
-        symbolId=spec.symbol_id,
-        hasMore=has_more,
-    )
-    res.trendbar.extend(trendbar_message(period, bar) for bar in bars)
-    session.reply(res, cmid)
+
+    def done(page: tuple[list[Bar], bool]) -> None:
+        bars, has_more = page
+        if req.HasField("count") and 0 < req.count <= len(bars):
+            has_more = False  # the caller asked for exactly this many
+        res = m.ProtoOAGetTrendbarsRes(
+            ctidTraderAccountId=req.ctidTraderAccountId,
+            period=period,
+            timestamp=session.factory.now_ms(),
+            symbolId=spec.symbol_id,
+            hasMore=has_more,
+        )
+        res.trendbar.extend(trendbar_message(period, bar) for bar in bars)
+        session.reply(res, cmid)
+
+    session.factory.work.submit(session, work, done)
 
 
 def _ticks(session: Session, req: m.ProtoOAGetTickDataReq, cmid: str | None) -> None:
@@ -281,7 +358,9 @@ def _ticks(session: Session, req: m.ProtoOAGetTickDataReq, cmid: str | None) -> 
     spec, from_ms, to_ms = bounds
     if not req.HasField("fromTimestamp"):
         from_ms = max(0, to_ms - 7 * 86_400_000)
-    ticks, has_more = tick_page(
+    if _busy(session, cmid):
+        return
+    work = tick_work(
         session.factory.walk,
         spec,
         req.type == m.ProtoOAQuoteType.ASK,
@@ -291,9 +370,14 @@ def _ticks(session: Session, req: m.ProtoOAGetTickDataReq, cmid: str | None) -> 
         limit=session.config.tick_chunk,
         minutes_budget=20_160,
     )
-    res = m.ProtoOAGetTickDataRes(ctidTraderAccountId=req.ctidTraderAccountId, hasMore=has_more)
-    res.tickData.extend(tick_messages(ticks))
-    session.reply(res, cmid)
+
+    def done(page: tuple[list[tuple[int, int]], bool]) -> None:
+        ticks, has_more = page
+        res = m.ProtoOAGetTickDataRes(ctidTraderAccountId=req.ctidTraderAccountId, hasMore=has_more)
+        res.tickData.extend(tick_messages(ticks))
+        session.reply(res, cmid)
+
+    session.factory.work.submit(session, work, done)
 
 
 HANDLERS: Final[dict[type, Handler]] = {

@@ -35,6 +35,7 @@ from .config import SandboxConfig, default_state_dir
 from .live import MarketFeed
 from .market import PriceWalk
 from .session import Handler, SandboxProtocol, Session
+from .work import WorkQueue
 
 __all__ = ["RunningSandbox", "SandboxFactory", "SandboxStats", "start_sandbox"]
 
@@ -60,6 +61,12 @@ class SandboxStats:
     :ivar slow_readers_aborted: connections aborted for not reading (``slow_reader_timeout``
         or ``slow_reader_backlog``).
     :ivar close_timeouts: connections aborted because closing them took ``close_timeout``.
+    :ivar connections_refused: connections refused with ``CONNECTIONS_LIMIT_EXCEEDED``
+        (``max_connections`` were open).
+    :ivar app_auth_timeouts: connections closed because their application was not
+        authorized within ``app_auth_timeout``.
+    :ivar work_refused: history requests refused because the connection already had
+        ``max_pending_work`` in progress.
     """
 
     connections_total: int = 0
@@ -72,6 +79,9 @@ class SandboxStats:
     market_events_dropped: int = 0
     slow_readers_aborted: int = 0
     close_timeouts: int = 0
+    connections_refused: int = 0
+    app_auth_timeouts: int = 0
+    work_refused: int = 0
     requests_by_payload_type: dict[int, int] = field(default_factory=dict)
     errors_by_code: dict[str, int] = field(default_factory=dict)
 
@@ -101,6 +111,8 @@ class SandboxFactory(ServerFactory):
         self.broker = Broker(self.walk, self.now_ms)
         self.feed = MarketFeed(self)
         self.engine = trading.OrderEngine(self)
+        #: Runs history requests in slices, round robin between connections.
+        self.work = WorkQueue(clock, config.work_slice_minutes)
         self._peers: dict[Session, str] = {}
 
     def __repr__(self) -> str:
@@ -112,7 +124,9 @@ class SandboxFactory(ServerFactory):
 
     def buildProtocol(self, addr: IAddress | None) -> OpenApiProtocol:
         session = Session(self, dict(_HANDLERS))
-        protocol = SandboxProtocol(session, self.clock, max_length=self.config.max_frame)
+        # Until the application is authorized, only small frames (see pre_auth_max_frame).
+        limit = min(self.config.max_frame, self.config.pre_auth_max_frame)
+        protocol = SandboxProtocol(session, self.clock, max_length=limit)
         protocol.factory = self
         return protocol
 
@@ -142,6 +156,7 @@ class SandboxFactory(ServerFactory):
                 open=self.stats.connections_open,
             )
         self.feed.remove(session)
+        self.work.cancel(session)
         if not self.sessions:
             self.feed.stop()
 
@@ -203,6 +218,10 @@ def _close_note(session: Session) -> str:
     reason = session.protocol.close_reason if session.protocol is not None else None
     if reason is not None:
         return f", {reason}"
+    if session.refused:
+        return ", refused: connection limit reached"
+    if session.auth_expired:
+        return ", application not authorized in time"
     refused = session.received and not session.app_authorized
     return ", application not authorized" if refused else ""
 

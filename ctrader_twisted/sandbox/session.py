@@ -87,6 +87,10 @@ class Session:
         self.app_authorized = False
         self.accounts: dict[int, str] = {}
         self.received = 0
+        #: Set when the connection was refused for the connection cap.
+        self.refused = False
+        #: Set when the application was not authorized in time.
+        self.auth_expired = False
         self.stalled = False
         self.closed = False
         self.closing = False
@@ -115,6 +119,16 @@ class Session:
         self.protocol = protocol
         self.flow.register(protocol.transport)
         self.factory.session_opened(self)
+        cap = self.config.max_connections
+        if cap and self.factory.stats.connections_open > cap:
+            self.refused = True
+            self.factory.stats.connections_refused += 1
+            text = f"Limit of connections is reached ({cap} open)"
+            self.error("CONNECTIONS_LIMIT_EXCEEDED", text, None)
+            self.close()
+            return
+        if self.config.app_auth_timeout > 0:
+            self._later(self.config.app_auth_timeout, self._app_auth_expired)
         if self.config.heartbeat_interval > 0:
             self._heartbeat = LoopingCall(self._send_heartbeat)
             self._heartbeat.clock = self.clock
@@ -182,7 +196,17 @@ class Session:
         wait = self._limiter.admit(cls is not None and m.is_historical(cls))
         if wait is None:
             return True
-        self.factory.stats.rate_limited += 1
+        self.refuse_rate(cmid, wait=wait)
+        return False
+
+    def refuse_rate(self, cmid: str | None, *, wait: float = 1.0, work: bool = False) -> None:
+        """Answer a request over the rate limit, or (``work``) a history request while the
+        connection already has ``max_pending_work`` in progress, as the rate-limit mode says."""
+        stats = self.factory.stats
+        if work:
+            stats.work_refused += 1
+        else:
+            stats.rate_limited += 1
         if self.config.rate_limit_mode == "blocked":
             text = "Payload type is blocked: the rate limit of requests is reached"
             self.error("BLOCKED_PAYLOAD_TYPE", text, cmid, retry_after=max(1, math.ceil(wait)))
@@ -190,7 +214,22 @@ class Session:
             self.error(
                 "REQUEST_FREQUENCY_EXCEEDED", "You have reached the rate limit of requests", cmid
             )
-        return False
+
+    def authorize_application(self) -> None:
+        """The application is authorized on this connection: lift the pre-auth frame limit."""
+        self.app_authorized = True
+        if self.protocol is not None:
+            self.protocol.MAX_LENGTH = self.config.max_frame
+
+    def _app_auth_expired(self) -> None:
+        if self.app_authorized or self.closing or self.closed or self.stalled:
+            return
+        self.auth_expired = True
+        self.factory.stats.app_auth_timeouts += 1
+        timeout = self.config.app_auth_timeout
+        text = f"Open API application was not authorized within {timeout:g} s"
+        self.error("CH_CLIENT_NOT_AUTHENTICATED", text, None)
+        self.close()
 
     # Sending
 
