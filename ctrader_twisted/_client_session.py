@@ -15,10 +15,11 @@ from typing import Final, Protocol
 
 from google.protobuf.message import Message
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from ._failure import failure_of
+from ._failure import failure_of, failure_of_current
+from ._logsummary import RepeatedLog
 from ._pending import PendingRequest, State
 from ._ratelimit import Lane, RateLimiter, Slot
 from .errors import (
@@ -45,7 +46,15 @@ __all__ = ["Listener", "Session", "SessionOwner"]
 #: A user callback, as the session calls it (listeners only exist for known payload types).
 Listener = Callable[[Message | UnknownMessage], object]
 
+#: Largest ``retryAfter`` honoured, in seconds: a refusal asking for longer holds its lane
+#: this long.  The server's documented blocks are seconds; a huge value (a broken or hostile
+#: server) would otherwise stop a whole request lane for the rest of the session.
+MAX_RETRY_AFTER: Final = 60.0
+
 _HEARTBEAT: Final = encode_message(ProtoHeartbeatEvent())
+#: Seconds under which a timer is not worth setting: a float sum like ``now + 1e-15`` can
+#: equal ``now``, and a timer due at once that finds nothing to do would then loop for ever.
+_SLACK: Final = 1e-6
 # Server errors, reported when they arrive without a clientMsgId (nothing else would show them).
 _ERROR_TYPES: Final = frozenset(payload_type_of(cls) for cls in (ProtoOAErrorRes, ProtoErrorRes))
 
@@ -76,6 +85,10 @@ class Session:
     :param clock: the client's clock.
     :param listeners: the client's listener table, shared (read here, written by the client).
     :param internal: payload types forwarded to :meth:`SessionOwner.internal_event`.
+    :param repeated_log: the client's summarizer for warnings that can repeat per event.
+    :param max_retry_after: cap in seconds on a refusal's ``retryAfter``.
+    :param debug: log routine per-connection and per-message details (answers no request
+        waits for) at debug level; off by default, since ``twistd`` writes every level.
     """
 
     _log = Logger()
@@ -93,6 +106,9 @@ class Session:
         rate_margin: float,
         heartbeat_interval: float,
         dead_link_timeout: float,
+        repeated_log: RepeatedLog,
+        max_retry_after: float = MAX_RETRY_AFTER,
+        debug: bool = False,
     ) -> None:
         self._owner = owner
         self._clock = clock
@@ -107,6 +123,9 @@ class Session:
         )
         self._heartbeat_interval = heartbeat_interval
         self._dead_link_timeout = dead_link_timeout
+        self._repeated = repeated_log
+        self._max_retry_after = max_retry_after
+        self._debug = debug
         self.written: dict[str, PendingRequest] = {}
         self.protocol: OpenApiProtocol | None = None
         self.connected = False
@@ -125,7 +144,8 @@ class Session:
             self._heartbeat = self._clock.callLater(self._heartbeat_interval, self._beat)
         if self._dead_link_timeout > 0:
             self._watchdog = self._clock.callLater(self._dead_link_timeout, self._check_link)
-        self._log.debug("connected at {now}", now=now)
+        if self._debug:
+            self._log.debug("connected at {now}", now=now)
         self._owner.session_connected(self)
 
     def envelope_received(self, protocol: OpenApiProtocol, envelope: Envelope) -> None:
@@ -135,7 +155,8 @@ class Session:
         if client_msg_id is not None:
             self._special(payload_type, client_msg_id, message)
         elif isinstance(message, UnknownMessage):  # nobody can listen to an unknown type
-            self._log.warn(
+            self._repeated.warn(
+                ("unknown-event", payload_type),
                 "ignored an event of unknown payload type {payload_type} ({size} bytes)",
                 payload_type=payload_type,
                 size=len(message.payload),
@@ -181,8 +202,16 @@ class Session:
                 self._listener_failed(listener, message)
 
     def _listener_failed(self, listener: Listener, message: object) -> None:
-        self._log.failure(
-            "listener {listener!r} raised on {name}", listener=listener, name=type(message).__name__
+        # Once per listener and message type, then a count per interval: a listener that
+        # raises on every event must not write a traceback per event.
+        name = type(message).__name__
+        self._repeated.emit(
+            LogLevel.critical,
+            ("listener-failed", id(listener), name),
+            "listener {listener!r} raised on {name}",
+            failure=failure_of_current(),
+            listener=listener,
+            name=name,
         )
 
     def decode_failed(self, protocol: OpenApiProtocol, error: MalformedMessage) -> None:
@@ -308,8 +337,19 @@ class Session:
         # Without retryAfter: the server's window was full when it refused, so one window (plus
         # our margin) from now it has room for everything it had counted until then.
         wait = error.retry_after or limiter.window + limiter.margin
+        if wait > self._max_retry_after:
+            self._repeated.warn(
+                "retry-after-capped",
+                "{name} refused with retryAfter {asked:g} s; waiting {wait:g} s, the cap",
+                name=pending.name,
+                asked=wait,
+                wait=self._max_retry_after,
+            )
+            wait = self._max_retry_after
         limiter.hold(self._clock.seconds() + wait)
-        self._log.info(
+        self._repeated.emit(
+            LogLevel.info,
+            ("rate-refused", pending.historical),
             "{name} refused for the rate limit ({code}); queued to be sent again",
             name=pending.name,
             code=error.code,
@@ -337,14 +377,18 @@ class Session:
         # still ends by its own timeout.
         error = error_from_message(message) if isinstance(message, Message) else None
         if error is not None:
-            self._log.warn(
+            self._repeated.warn(
+                ("anonymous-error", error.code),
                 "server error without a clientMsgId: {code}: {description}",
                 code=error.code,
                 description=error.description,
             )
 
     def _stray(self, client_msg_id: str, payload_type: int) -> None:
-        # Expected for the follow-up execution events of an order, or a late answer.
+        # Expected for the follow-up execution events of an order, or a late answer: routine,
+        # so only logged when asked for.
+        if not self._debug:
+            return
         self._log.debug(
             "no request waits for clientMsgId {client_msg_id} (payload type {payload_type})",
             client_msg_id=client_msg_id,
@@ -358,22 +402,33 @@ class Session:
         if protocol is None or not self.connected:
             return
         now = self._clock.seconds()
-        idle = now - protocol.last_sent
-        if idle >= self._heartbeat_interval:
+        left = protocol.last_sent + self._heartbeat_interval - now
+        if left <= _SLACK:  # never a timer for a hair's breadth: it could fire at once again
             protocol.send_raw(_HEARTBEAT)
-            idle = 0.0
-        self._heartbeat = self._clock.callLater(self._heartbeat_interval - idle, self._beat)
+            left = self._heartbeat_interval
+        self._heartbeat = self._clock.callLater(left, self._beat)
 
     def _check_link(self) -> None:
+        # Progress is a completed frame (or a frame begun on an empty buffer), not a byte: a
+        # peer that trickles one frame a byte at a time counts as silent.
         protocol = self.protocol
         if protocol is None or not self.connected:
             return
-        silent = self._clock.seconds() - protocol.last_received
-        if silent >= self._dead_link_timeout:
+        now = self._clock.seconds()
+        silent = now - protocol.last_progress
+        if silent >= self._dead_link_timeout - _SLACK:
             self._watchdog = None
-            self._log.warn(
-                "nothing received for {silent:.1f} s: dropping the connection", silent=silent
-            )
+            if protocol.last_received > protocol.last_progress:
+                self._log.warn(
+                    "no frame completed for {silent:.1f} s although bytes still arrive "
+                    "(last {trickle:.1f} s ago): dropping the connection",
+                    silent=silent,
+                    trickle=now - protocol.last_received,
+                )
+            else:
+                self._log.warn(
+                    "nothing received for {silent:.1f} s: dropping the connection", silent=silent
+                )
             protocol.close(abort=True)
             return
         self._watchdog = self._clock.callLater(self._dead_link_timeout - silent, self._check_link)

@@ -23,6 +23,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import (
     IAddress,
+    IDelayedCall,
     IProtocol,
     IProtocolFactory,
     IReactorTime,
@@ -37,8 +38,9 @@ from . import messages as m
 from ._callbacks import remover
 from ._client_accounts import AccountMethods
 from ._client_restore import ALREADY_DONE, RestoreSet, restore_accounts
-from ._client_session import Listener, Session
+from ._client_session import MAX_RETRY_AFTER, Listener, Session
 from ._failure import failure_of
+from ._logsummary import DEFAULT_SUMMARY_INTERVAL, RepeatedLog
 from ._pending import PendingRequest, State, encode_id
 from .errors import (
     ApplicationAuthError,
@@ -53,7 +55,10 @@ from .tls import DEMO_HOST, LIVE_HOST, PORT, tls_endpoint
 __all__ = [
     "DEFAULT_DEAD_LINK_TIMEOUT",
     "DEFAULT_HEARTBEAT_INTERVAL",
+    "DEFAULT_LOG_SUMMARY_INTERVAL",
+    "DEFAULT_MAX_RETRY_AFTER",
     "DEFAULT_RATE_MARGIN",
+    "DEFAULT_RECONNECT_RESET_AFTER",
     "DEFAULT_REQUEST_TIMEOUT",
     "DEFAULT_SEND_TIMEOUT",
     "DEMO_HOST",
@@ -71,10 +76,17 @@ DEFAULT_REQUEST_TIMEOUT: Final = 10.0
 DEFAULT_SEND_TIMEOUT: Final = 30.0
 #: Seconds of write silence after which a heartbeat is sent.
 DEFAULT_HEARTBEAT_INTERVAL: Final = 10.0
-#: Seconds without receiving anything after which the link counts as dead.
+#: Seconds without a completed frame after which the link counts as dead.
 DEFAULT_DEAD_LINK_TIMEOUT: Final = 40.0
 #: Seconds added to the rate-limit window before a request's slot is reused.
 DEFAULT_RATE_MARGIN: Final = 0.05
+#: Largest ``retryAfter`` (seconds) a rate-limit refusal can make a request lane wait.
+DEFAULT_MAX_RETRY_AFTER: Final = MAX_RETRY_AFTER
+#: Seconds a session must stay ready before the reconnect backoff starts again from the
+#: first delay.
+DEFAULT_RECONNECT_RESET_AFTER: Final = 30.0
+#: Seconds between two summaries of a warning that repeats per event.
+DEFAULT_LOG_SUMMARY_INTERVAL: Final = DEFAULT_SUMMARY_INTERVAL
 
 _ANSWER_TYPES: Final = {req: m.payload_type_of(res) for req, res in m.RESPONSE_TYPES.items()}
 _ACCOUNT_DISCONNECT: Final = m.payload_type_of(m.ProtoOAAccountDisconnectEvent)
@@ -125,7 +137,9 @@ class Client(AccountMethods, Service):
     :param request_timeout: seconds to wait for an answer after a request is written.
     :param send_timeout: seconds a request may wait to be written.
     :param heartbeat_interval: send a heartbeat after this long without writing (0: never).
-    :param dead_link_timeout: drop and reconnect after this long without receiving (0: never).
+    :param dead_link_timeout: drop and reconnect after this long without receiving a whole
+        frame (0: never).  Bytes that do not complete a frame do not count: a frame must arrive
+        within this bound of its first byte, or of the frame before it.
     :param rate_limit: requests per ``rate_window`` for ordinary requests (0: unlimited).
     :param historical_rate_limit: requests per ``rate_window`` for historical requests.
     :param rate_window: the server's rate-limit window in seconds.
@@ -134,14 +148,25 @@ class Client(AccountMethods, Service):
         the way to the server never make it count more than the limit in a window.
     :param rate_limit_retries: how often a non-trading request refused for the rate limit is
         queued again (first in line; its lane waits for ``retryAfter``, or one window).
+    :param max_retry_after: cap in seconds on the wait a refusal's ``retryAfter`` imposes
+        (default 60 s); a longer one is logged as a warning and cut to the cap.
     :param reconnect_initial_delay: first reconnect delay in seconds.
     :param reconnect_max_delay: cap of the reconnect delay in seconds.
     :param reconnect_factor: growth factor of the reconnect delay per failed attempt.
     :param reconnect_jitter: relative jitter of the reconnect delay (0.2: +/- 20 %).
+    :param reconnect_reset_after: seconds a session must stay ready before the backoff starts
+        again from ``reconnect_initial_delay``; a session lost sooner counts as a failed
+        attempt, so a server that accepts the session and drops it at once gets ever longer
+        delays, not a reconnect loop.
     :param retry_policy: replaces the backoff above: attempt number (1, 2, ...) -> seconds.
     :param account_reauth_attempts: tries to re-authorize an account after the server
         disconnected it (``ProtoOAAccountDisconnectEvent``).
     :param max_frame_length: largest accepted frame in bytes.
+    :param log_summary_interval: warnings that a peer can cause once per frame (unknown event
+        types, server errors naming no request, a listener that raises) are logged once, then
+        summarized as a count every this many seconds (0: log each one).
+    :param debug: log routine per-connection and per-message details at debug level (off by
+        default: ``twistd`` writes every level to its log).
     """
 
     _log = Logger()
@@ -162,13 +187,17 @@ class Client(AccountMethods, Service):
         rate_window: float = 1.0,
         rate_margin: float = DEFAULT_RATE_MARGIN,
         rate_limit_retries: int = 3,
+        max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
         reconnect_initial_delay: float = 0.5,
         reconnect_max_delay: float = 30.0,
         reconnect_factor: float = 2.0,
         reconnect_jitter: float = 0.2,
+        reconnect_reset_after: float = DEFAULT_RECONNECT_RESET_AFTER,
         retry_policy: Callable[[int], float] | None = None,
         account_reauth_attempts: int = 3,
         max_frame_length: int = DEFAULT_MAX_LENGTH,
+        log_summary_interval: float = DEFAULT_LOG_SUMMARY_INTERVAL,
+        debug: bool = False,
     ) -> None:
         self._clock = _default_reactor() if reactor is None else reactor
         self._client_id = client_id
@@ -181,6 +210,11 @@ class Client(AccountMethods, Service):
         self._rate_window = rate_window
         self._rate_margin = rate_margin
         self._rate_limit_retries = rate_limit_retries
+        self._max_retry_after = max_retry_after
+        self._reset_after = reconnect_reset_after
+        self._stable_timer: IDelayedCall | None = None
+        self._debug = debug
+        self._repeated = RepeatedLog(self._log, self._clock, log_summary_interval)
         self._backoff = (reconnect_initial_delay, reconnect_max_delay, reconnect_factor)
         self._jitter = reconnect_jitter
         self._random = random.Random()
@@ -250,6 +284,8 @@ class Client(AccountMethods, Service):
         """
         Service.stopService(self)  # type: ignore[no-untyped-call]
         self._stopped = True
+        self._cancel_stable_timer()
+        self._repeated.flush()
         self._abandon(NotConnected("the client was stopped"))
         return Deferred.fromCoroutine(self._stop())
 
@@ -460,6 +496,9 @@ class Client(AccountMethods, Service):
             )
         self._session = None
         self._ready = False
+        self._cancel_stable_timer()
+        if self._stopped:
+            self._repeated.flush()  # nothing more can arrive: report the counts now
         carried = []
         for pending in unsent:
             if pending.trading or pending.session is not None:
@@ -510,8 +549,16 @@ class Client(AccountMethods, Service):
             rate_margin=self._rate_margin,
             heartbeat_interval=self._heartbeat_interval,
             dead_link_timeout=self._dead_link_timeout,
+            repeated_log=self._repeated,
+            max_retry_after=self._max_retry_after,
+            debug=self._debug,
         )
-        return OpenApiProtocol(session, self._clock, max_length=self._max_frame_length)
+        return OpenApiProtocol(
+            session,
+            self._clock,
+            max_length=self._max_frame_length,
+            repeated_log=self._repeated,
+        )
 
     def _connect_failed(self, reason: Failure) -> None:
         if not self._stopped:
@@ -520,6 +567,16 @@ class Client(AccountMethods, Service):
                 attempt=self._failures + 1,
                 reason=reason.getErrorMessage(),
             )
+
+    def _stayed_ready(self) -> None:
+        """The session stayed ready for ``reconnect_reset_after``: the backoff starts over."""
+        self._stable_timer = None
+        self._failures = 0
+
+    def _cancel_stable_timer(self) -> None:
+        timer, self._stable_timer = self._stable_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def _retry_delay(self, attempt: int) -> float:
         self._failures += 1
@@ -583,7 +640,11 @@ class Client(AccountMethods, Service):
 
     def _become_ready(self, session: Session) -> None:
         self._ready = True
-        self._failures = 0
+        self._cancel_stable_timer()
+        if self._reset_after > 0:
+            self._stable_timer = self._clock.callLater(self._reset_after, self._stayed_ready)
+        else:
+            self._failures = 0
         self._ready_count += 1
         if self._ready_count > 1:
             self.reconnect_count += 1

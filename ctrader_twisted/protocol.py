@@ -21,6 +21,7 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
 from ._failure import failure_of
+from ._logsummary import RepeatedLog
 from .errors import FrameTooLarge, MalformedMessage, ProtocolError
 from .messages import Envelope, decode_envelope, encode_message
 from .messages._codec import PLAIN_HEADERS, _decode_general
@@ -84,9 +85,20 @@ class OpenApiProtocol(Int32StringReceiver):
     """One Open API connection's framing.
 
     :param handler: receives decoded frames and connection events.
-    :param clock: time source for :attr:`last_received` and :attr:`last_sent`.
+    :param clock: time source for :attr:`last_received`, :attr:`last_progress` and
+        :attr:`last_sent`.
     :param max_length: largest accepted frame in bytes; a longer length prefix closes the
         connection with :class:`~ctrader_twisted.errors.FrameTooLarge`.
+    :param repeated_log: where warnings that the peer can cause once per frame go
+        (undecodable and zero-length frames): the first at once, then a summary per interval.
+        By default the connection has its own, flushed when it closes.
+
+    :ivar last_received: ``clock.seconds()`` when bytes last arrived.
+    :ivar last_progress: ``clock.seconds()`` when the framing last made progress: a frame
+        completed, or the first bytes of a frame arrived while nothing was buffered.  A peer
+        that trickles a frame byte by byte moves :attr:`last_received` but not this, so a
+        dead-link check on it sees a frame that never completes as silence.
+    :ivar last_sent: ``clock.seconds()`` when a frame was last written.
     """
 
     _log = Logger()
@@ -97,13 +109,16 @@ class OpenApiProtocol(Int32StringReceiver):
         clock: IReactorTime,
         *,
         max_length: int = DEFAULT_MAX_LENGTH,
+        repeated_log: RepeatedLog | None = None,
     ) -> None:
         self.MAX_LENGTH = max_length
         self.handler = handler
         self.clock = clock
-        #: ``clock.seconds()`` when bytes last arrived / a frame was last written.
         self.last_received = 0.0
+        self.last_progress = 0.0
         self.last_sent = 0.0
+        self._repeated = repeated_log
+        self._own_log = repeated_log is None
         self.frames_received = 0
         self.frames_sent = 0
         #: Set when we close the connection because the peer broke the protocol.
@@ -125,7 +140,7 @@ class OpenApiProtocol(Int32StringReceiver):
 
     def connectionMade(self) -> None:
         now = self.clock.seconds()
-        self.last_received = self.last_sent = now
+        self.last_received = self.last_progress = self.last_sent = now
         self.connected_now = True
         self.handler.connection_made(self)
 
@@ -134,15 +149,19 @@ class OpenApiProtocol(Int32StringReceiver):
         # in a list and joined once, so a 16 MiB frame in small reads costs linear time.
         if self.close_reason is not None:
             return  # framing is lost; drop everything until the close completes
-        self.last_received = self.clock.seconds()
+        self.last_received = now = self.clock.seconds()
+        if not self._buffered:
+            self.last_progress = now  # a frame begins: it has until the dead-link bound
         self._chunks.append(data)
         self._buffered += len(data)
         if self._buffered < self._needed:
-            return
+            return  # no frame completes: no progress, however many bytes arrive
         buffer = b"".join(self._chunks) if len(self._chunks) > 1 else data
         offset = self._frames(buffer)
         if self.broken:
             return
+        if offset:
+            self.last_progress = now
         rest = buffer[offset:] if offset else buffer
         self._chunks = [rest] if rest else []
         self._buffered = len(rest)
@@ -209,7 +228,7 @@ class OpenApiProtocol(Int32StringReceiver):
     def _other_frame(self, buffer: bytes, start: int, end: int) -> None:
         """Decode and deliver the frame ``buffer[start:end]`` that is not plain."""
         if start == end:
-            self._log.debug("ignoring a zero-length frame")
+            self._zero_length()
             return
         try:
             # The loop has already ruled out the plain shape: straight to the general decoder.
@@ -223,7 +242,7 @@ class OpenApiProtocol(Int32StringReceiver):
         """Decode and deliver one frame body (the framing loop does the same inline)."""
         self.frames_received += 1
         if not string:
-            self._log.debug("ignoring a zero-length frame")
+            self._zero_length()
             return
         try:
             envelope = decode_envelope(string)
@@ -232,11 +251,22 @@ class OpenApiProtocol(Int32StringReceiver):
             return
         self._safely(self.handler.envelope_received, envelope)
 
+    @property
+    def repeated_log(self) -> RepeatedLog:
+        """Where per-frame warnings go (created on first use when none was given)."""
+        if self._repeated is None:
+            self._repeated = RepeatedLog(self._log, self.clock)
+        return self._repeated
+
+    def _zero_length(self) -> None:
+        self.repeated_log.warn("zero-length", "ignored a zero-length frame")
+
     def _undecodable(self, error: MalformedMessage) -> None:
-        self._log.warn("could not decode a frame: {error}", error=error)
+        self.repeated_log.warn("undecodable", "could not decode a frame: {error}", error=error)
         self._safely(self.handler.decode_failed, error)
 
     def _handler_failed(self) -> None:
+        # A bug of ours, not something the peer chose: every traceback is kept.
         self._log.failure("unhandled error in {handler}", handler=type(self.handler).__name__)
 
     def lengthLimitExceeded(self, length: int) -> None:
@@ -253,6 +283,8 @@ class OpenApiProtocol(Int32StringReceiver):
         if self.close_reason is not None:
             reason = failure_of(self.close_reason)
         self._safely(self.handler.connection_lost, reason)
+        if self._own_log and self._repeated is not None:
+            self._repeated.flush()
 
     # Our API
 

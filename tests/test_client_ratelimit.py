@@ -28,6 +28,7 @@ class RateLimitTestCase(ClientTestCase):
         """A ready client whose buckets are full again (the app auth spent a token)."""
         options.setdefault("heartbeat_interval", 0)
         options.setdefault("dead_link_timeout", 0)
+        options.setdefault("reconnect_reset_after", 0)  # no backoff-reset timer to count
         h = self.ready(**options)
         h.advance(1.0 + options.get("rate_margin", DEFAULT_RATE_MARGIN))
         return h

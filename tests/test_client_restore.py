@@ -134,7 +134,13 @@ class RestoreTests(ClientTestCase):
             self.assertEqual(h.endpoint.attempts, attempts + 1)
         h.advance(3.0)
         self.assertTrue(h.client.is_ready)
-        h.drop()  # after a ready session the delay starts small again
+        h.drop()  # ready for less than reconnect_reset_after: the delay keeps growing
+        h.advance(2.999)
+        self.assertFalse(h.client.is_ready)
+        h.advance(0.001)
+        self.assertTrue(h.client.is_ready)
+        h.advance(30.0)  # ready for reconnect_reset_after: the delay starts small again
+        h.drop()
         h.advance(0.5)
         self.assertTrue(h.client.is_ready)
 
