@@ -1,24 +1,38 @@
-# ctrader-twisted developer commands.  Every target creates .venv on first use.
+# ctrader-twisted developer commands.  Every target creates its virtual environment on first use.
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
-LINT_PATHS := $(wildcard ctrader_twisted tests tools bench twisted)
+# Extras installed for the developer targets; .ci/run uses EXTRAS=test for its other Pythons.
+EXTRAS ?= test,docs
+comma := ,
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+LINT_PATHS := $(wildcard ctrader_twisted tests tools bench twisted docs/conf.py)
 
-.PHONY: help venv test lint types generated pytest generate demo bench fuzz clean
+.PHONY: help venv test lint types generated changelog docs pytest generate demo bench fuzz dist clean
 
 help:
 	@echo "make demo      run the whole product against the built-in sandbox"
-	@echo "make test      lint, type-check, check generated code, run the tests"
+	@echo "make test      lint, type-check, check generated code, changelog, docs, run the tests"
 	@echo "make generate  regenerate ctrader_twisted/messages from protobuf/*.proto"
+	@echo "make docs      build the Sphinx site into build/docs (warnings are errors)"
+	@echo "make dist      build the wheel and sdist into dist/ and check them with twine"
 	@echo "make bench     run the benchmarks (writes docs/benchmarks.md)"
 	@echo "make fuzz      fuzz the client and sandbox protocols with bigger budgets"
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	@touch $(STAMP)
+
+# The library and what it needs to run, nothing else (make demo).
+$(RUNTIME_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $@
+
+# The developer toolchain on top (make test and the other developer targets).
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	@touch $@ $(RUNTIME_STAMP)
 
 venv: $(STAMP)
 
@@ -32,17 +46,30 @@ types: $(STAMP)
 generated: $(STAMP)
 	$(BIN)/python tools/generate.py --check
 
+# The next CHANGELOG.md entry must build from newsfragments/.
+changelog: $(STAMP)
+	$(BIN)/towncrier build --draft > /dev/null
+
+docs: $(STAMP)
+	$(BIN)/python -m sphinx -W --keep-going -q -b html docs build/docs
+
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-test: lint types generated pytest
+test: lint types generated changelog pytest docs
 
 generate: $(STAMP)
 	$(BIN)/python tools/generate.py
 
-# The whole product against the built-in sandbox.
-demo: $(STAMP)
+# The whole product against the built-in sandbox: needs the runtime dependencies only.
+demo: $(RUNTIME_STAMP)
 	$(BIN)/ctrader-twisted demo
+
+# Wheel and sdist as they would be uploaded, checked by twine.
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
 
 # Benchmarks side by side with the official SDK; writes docs/benchmarks.md.
 bench: $(STAMP)
@@ -58,4 +85,5 @@ fuzz: $(STAMP)
 	$(BIN)/python -m pytest -q tests/test_fuzz.py -p no:cacheprovider $(FUZZ_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
+	rm -rf .venv .venv-* build dist .mypy_cache .pytest_cache .ruff_cache .hypothesis
+	rm -rf tests.* _trial_temp*

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
 
 from ctrader_twisted.sandbox import (
     DEFAULT_ACCESS_TOKEN,
@@ -63,3 +64,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         for leak in _LEAKS[:20]:
             print("  " + leak)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(autouse=True)
+def _trial_mktemp_under_basetemp(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """trial's ``TestCase.mktemp`` makes its folders relative to the working directory (trial's
+    own runner first moves into ``_trial_temp``); under pytest that is the checkout, which then
+    collects ``tests.test_*/`` folders.  Give each test's ``mktemp`` pytest's temporary base."""
+    instance = request.instance
+    if isinstance(instance, SynchronousTestCase):
+
+        def mktemp() -> str:
+            return str(tmp_path_factory.mktemp("trial") / "temp")
+
+        instance.mktemp = mktemp  # type: ignore[method-assign]

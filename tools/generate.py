@@ -18,6 +18,13 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "protobuf"
 OUT_DIR = ROOT / "ctrader_twisted" / "messages"
 _IMPORT = re.compile(r"^import (\w+_pb2) as (\w+)$", re.MULTILINE)
+# protoc names the module by the .proto's path ("OpenApiMessages_pb2"), and the builder stamps that
+# name on every class as ``__module__``; pickle then looks for a top-level module that does not
+# exist.  The classes must carry the name they are importable under.
+_BUILD = re.compile(
+    r"^(_builder\.BuildTopDescriptorsAndMessages\(DESCRIPTOR, )'(\w+_pb2)'", re.MULTILINE
+)
+PACKAGE = "ctrader_twisted.messages"
 
 
 def _generate(into: Path) -> list[Path]:
@@ -39,6 +46,7 @@ def _generate(into: Path) -> list[Path]:
         text = path.read_text()
         # protoc writes top-level imports; inside our package they must be relative.
         text = _IMPORT.sub(r"from . import \1 as \2", text)
+        text = _BUILD.sub(rf"\1'{PACKAGE}.\2'", text)
         path.write_text(text)
     return produced
 
