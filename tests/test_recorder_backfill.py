@@ -124,3 +124,19 @@ class OvertakingLiveBarsTests(TestCase):
         store = await open_sqlite(reactor, db)
         self.addCleanup(store.close)
         self.assertEqual(await incomplete_series(world, store, (M1, M5), reach), {})
+
+    async def test_connection_dropped_every_few_seconds_still_backfills_every_series(
+        self,
+    ) -> None:
+        # Each connection lives for fewer history requests than there are series: the queue
+        # must carry on where the last connection stopped instead of starting over.
+        world, db = self.open_world()
+        reach = int(world.clock.seconds() // 60) - 10
+        world.start_recorder(symbols=ALL_SYMBOLS, periods=(M1, M5), history_minutes=10)
+        await world.run(150, drop_every=2)
+        await world.stop_recorder()
+        self.assertGreaterEqual(world.reconnects, 20)
+
+        store = await open_sqlite(reactor, db)
+        self.addCleanup(store.close)
+        self.assertEqual(await incomplete_series(world, store, (M1, M5), reach), {})

@@ -441,13 +441,27 @@ class Recorder(Service):
                     )
                     self._retry_backfill_later(symbol_id, period)
                     continue
+                except OpenApiError as error:  # refused for this series: the others go on
+                    self._log.warn(
+                        "Backfill of {symbol} refused ({error}); retrying in {delay} s",
+                        symbol=self.symbol_ids.get(symbol_id, symbol_id),
+                        error=str(error),
+                        delay=_SETUP_RETRY,
+                    )
+                    self._retry_backfill_later(symbol_id, period)
+                    continue
                 except CTraderError as error:
+                    # The connection is gone (or not answering): this series goes back to the
+                    # front and the rest keep their places, so that a connection dropped
+                    # every few seconds still gets every series backfilled in turn.  The
+                    # queue runs again after the reconnect (or on the next closed bar).
                     self._log.warn(
                         "Backfill of {symbol} interrupted ({error}); it resumes after reconnect",
                         symbol=self.symbol_ids.get(symbol_id, symbol_id),
                         error=str(error),
                     )
-                    continue
+                    self._backfill_queue.insert(0, (symbol_id, period))
+                    break
                 self.backfills_done += 1
                 self._log.debug("Backfilled {count} bar(s)", count=count)
         finally:
