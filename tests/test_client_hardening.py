@@ -503,3 +503,23 @@ class QuietLogTests(SynchronousTestCase):
         text, _ = self._routine_session(debug=True)
         self.assertIn("#debug]", text)
         self.assertIn("no request waits for clientMsgId done-id", text)
+
+
+class TimerArithmeticTests(SynchronousTestCase):
+    def test_heartbeat_due_a_hair_early_does_not_spin(self) -> None:
+        """58.758... + 3.3 + 6.7 lands 7e-15 s short of the heartbeat; a timer for 7e-15 s
+        (half a unit in the last place there) was due at once, found nothing to do, and set
+        itself again at the same instant, so ``Clock.advance`` never returned."""
+        clock = Clock()
+        clock.advance(58.75806061435595)
+        client = _bare_client(clock, heartbeat_interval=10.0, dead_link_timeout=10.0)
+        protocol = client._build_protocol()
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        clock.advance(3.3)
+        clock.advance(6.7)
+        self.assertEqual(transport.value(), m.encode_frame(m.ProtoHeartbeatEvent()))
+        self.assertTrue(transport.disconnecting)  # and the watchdog fired, on the same instant
+        protocol.connectionLost()
+        clock.advance(0)
+        self.assertEqual(clock.getDelayedCalls(), [])

@@ -57,6 +57,19 @@ class PublicSurfaceTests(SynchronousTestCase):
         ):
             self.assertTrue(hasattr(Client, name) or name == "reconnect_count", name)
 
+    def test_every_tuning_keyword_is_documented(self) -> None:
+        guide = (ROOT / "docs" / "client.md").read_text(encoding="utf-8")
+        table = guide[guide.index("## Tuning keywords") :]
+        keywords = [
+            name
+            for name, parameter in inspect.signature(Client).parameters.items()
+            if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+            and name not in ("client_id", "client_secret")
+        ]
+        self.assertIn("reconnect_reset_after", keywords)
+        missing = [name for name in keywords if f"| `{name}` |" not in table]
+        self.assertEqual(missing, [])
+
 
 class OverloadTests(SynchronousTestCase):
     def test_overloads_match_the_registry(self) -> None:
