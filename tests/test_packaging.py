@@ -9,15 +9,13 @@ Message classes must pickle under the names they are importable by.
 from __future__ import annotations
 
 import copy
-import os
 import pickle
 import re
-import selectors
 import signal
 import subprocess
 import sys
 import tarfile
-import time
+import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -170,25 +168,33 @@ def _readme_example() -> str:
     return match.group(1)
 
 
-def _await_banner(process: subprocess.Popen[str]) -> int:
-    """The port from the sandbox's banner, read within BANNER_TIMEOUT without blocking past it."""
-    assert process.stdout is not None
-    os.set_blocking(process.stdout.fileno(), False)
-    seen = ""
-    deadline = time.monotonic() + BANNER_TIMEOUT
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not selector.select(timeout=deadline - time.monotonic()):
-                break
-            chunk = process.stdout.read()
-            if not chunk:
-                break
-            seen += chunk
-            found = re.search(r"listening on 127\.0\.0\.1:(\d+)", seen)
-            if found:
-                return int(found.group(1))
-    raise AssertionError(f"sandbox printed no banner within {BANNER_TIMEOUT} s: {seen!r}")
+class _Output:
+    """A process's merged output, drained by a thread (so the child never blocks on a full pipe)
+    and searched for a pattern with a bounded wait."""
+
+    def __init__(self, process: subprocess.Popen[str], pattern: str) -> None:
+        self.text = ""
+        self.match: re.Match[str] | None = None
+        self._pattern = re.compile(pattern)
+        self._found = threading.Event()
+        self._thread = threading.Thread(target=self._drain, args=(process,), daemon=True)
+        self._thread.start()
+
+    def _drain(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            self.text += line
+            if self.match is None:
+                self.match = self._pattern.search(self.text)
+                if self.match is not None:
+                    self._found.set()
+        self._found.set()  # end of output: stop waiting either way
+
+    def wait(self, timeout: float) -> re.Match[str]:
+        self._found.wait(timeout)
+        if self.match is None:
+            raise AssertionError(f"no {self._pattern.pattern!r} within {timeout} s: {self.text!r}")
+        return self.match
 
 
 def test_readme_example_runs_from_the_wheel(venv: Path, tmp_path: Path) -> None:
@@ -204,7 +210,8 @@ def test_readme_example_runs_from_the_wheel(venv: Path, tmp_path: Path) -> None:
         text=True,
     )
     try:
-        port = _await_banner(sandbox)
+        output = _Output(sandbox, r"listening on 127\.0\.0\.1:(\d+)")
+        port = int(output.wait(BANNER_TIMEOUT).group(1))
         code = _readme_example()
         # The example connects to the sandbox's usual port; this one listens where it could.
         assert "port=5035" in code, code
