@@ -198,7 +198,7 @@ class SandboxConfig:
     pre_auth_max_frame: int = 64 * 1024
     app_auth_timeout: float = 10.0
     max_connections: int = 512
-    work_slice_minutes: int = 2000
+    work_slice_minutes: int = 500
     max_pending_work: int = 5
     version: str = "91 (ctrader-twisted sandbox)"
     slow_reader_timeout: float = 30.0

@@ -57,7 +57,7 @@ PERIOD_MINUTES: Final[dict[int, int]] = {
 }
 _WEEK_SHIFT: Final = 4 * 1440  # the epoch is a Thursday; weekly bars start on Sunday 00:00 UTC
 #: Minutes aggregated between two yields of history work (a few milliseconds).
-_STEP: Final = 240
+_STEP: Final = 100
 
 
 class Bar(NamedTuple):
