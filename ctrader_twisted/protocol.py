@@ -16,7 +16,7 @@ from typing import Final, Protocol, TypeVar
 from google.protobuf.message import DecodeError, Message
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
@@ -89,9 +89,9 @@ class OpenApiProtocol(Int32StringReceiver):
         :attr:`last_sent`.
     :param max_length: largest accepted frame in bytes; a longer length prefix closes the
         connection with :class:`~ctrader_twisted.errors.FrameTooLarge`.
-    :param repeated_log: where warnings that the peer can cause once per frame go
-        (undecodable and zero-length frames): the first at once, then a summary per interval.
-        By default the connection has its own, flushed when it closes.
+    :param repeated_log: where log lines that the peer can cause once per frame go
+        (undecodable and zero-length frames); the client passes one that logs the first at
+        once and then a summary per interval.  By default each line is logged.
 
     :ivar last_received: ``clock.seconds()`` when bytes last arrived.
     :ivar last_progress: ``clock.seconds()`` when the framing last made progress: a frame
@@ -118,7 +118,6 @@ class OpenApiProtocol(Int32StringReceiver):
         self.last_progress = 0.0
         self.last_sent = 0.0
         self._repeated = repeated_log
-        self._own_log = repeated_log is None
         self.frames_received = 0
         self.frames_sent = 0
         #: Set when we close the connection because the peer broke the protocol.
@@ -253,13 +252,13 @@ class OpenApiProtocol(Int32StringReceiver):
 
     @property
     def repeated_log(self) -> RepeatedLog:
-        """Where per-frame warnings go (created on first use when none was given)."""
+        """Where per-frame log lines go (without one given: one that logs each line)."""
         if self._repeated is None:
-            self._repeated = RepeatedLog(self._log, self.clock)
+            self._repeated = RepeatedLog(self._log, self.clock, interval=0)
         return self._repeated
 
     def _zero_length(self) -> None:
-        self.repeated_log.warn("zero-length", "ignored a zero-length frame")
+        self.repeated_log.emit(LogLevel.debug, "zero-length", "ignored a zero-length frame")
 
     def _undecodable(self, error: MalformedMessage) -> None:
         self.repeated_log.warn("undecodable", "could not decode a frame: {error}", error=error)
@@ -283,8 +282,6 @@ class OpenApiProtocol(Int32StringReceiver):
         if self.close_reason is not None:
             reason = failure_of(self.close_reason)
         self._safely(self.handler.connection_lost, reason)
-        if self._own_log and self._repeated is not None:
-            self._repeated.flush()
 
     # Our API
 
