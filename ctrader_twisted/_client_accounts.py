@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from . import messages as m
 from ._client_restore import ALREADY_DONE, RestoreSet, restore_accounts, restore_subscriptions
 from ._client_session import Session
+from ._logsummary import RepeatedLog
 from ._requests_typed import TypedRequests
 from .errors import CTraderError, OpenApiError
 
@@ -36,6 +37,9 @@ class AccountMethods(TypedRequests):
     _ready: bool
     _rate_window: float
     _reauth_attempts: int
+    _repeated: RepeatedLog
+    #: Accounts being authorized again after a disconnect event (one try sequence at a time).
+    _reauthorizing: set[int]
 
     def _send_on(self, session: Session, message: Message) -> Deferred[Message]:
         raise NotImplementedError
@@ -46,10 +50,19 @@ class AccountMethods(TypedRequests):
         token = self._record.tokens.get(account)
         if token is None or not self._ready:
             return
-        self._log.warn("account {account} was disconnected; authorizing again", account=account)
-        Deferred.fromCoroutine(self._reauthorize(account, token)).addErrback(
+        self._repeated.warn(
+            ("account-disconnected", account),
+            "account {account} was disconnected; authorizing again",
+            account=account,
+        )
+        if account in self._reauthorizing:
+            return  # a repeated event: the tries under way cover it
+        self._reauthorizing.add(account)
+        reauthorizing = Deferred.fromCoroutine(self._reauthorize(account, token))
+        reauthorizing.addErrback(
             lambda failure: self._log.failure("re-authorizing failed", failure)
         )
+        reauthorizing.addBoth(lambda _: self._reauthorizing.discard(account))
 
     async def _reauthorize(self, account: int, token: str) -> None:
         for attempt in range(self._reauth_attempts):

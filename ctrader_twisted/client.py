@@ -215,6 +215,7 @@ class Client(AccountMethods, Service):
         self._stable_timer: IDelayedCall | None = None
         self._debug = debug
         self._repeated = RepeatedLog(self._log, self._clock, log_summary_interval)
+        self._reauthorizing: set[int] = set()
         self._backoff = (reconnect_initial_delay, reconnect_max_delay, reconnect_factor)
         self._jitter = reconnect_jitter
         self._random = random.Random()
@@ -527,13 +528,18 @@ class Client(AccountMethods, Service):
         elif isinstance(message, m.ProtoOAAccountsTokenInvalidatedEvent):
             for account in message.ctidTraderAccountIds:
                 self._record.tokens.pop(account, None)
-            self._log.warn(
+            self._repeated.warn(
+                "tokens-invalidated",
                 "access token invalidated for accounts {accounts}: {reason}",
                 accounts=list(message.ctidTraderAccountIds),
                 reason=message.reason,
             )
         elif isinstance(message, m.ProtoOAClientDisconnectEvent):
-            self._log.warn("the server is closing the connection: {reason}", reason=message.reason)
+            self._repeated.warn(
+                "client-disconnect",
+                "the server is closing the connection: {reason}",
+                reason=message.reason,
+            )
 
     # Connection set-up and restore
 

@@ -30,7 +30,7 @@ from ctrader_twisted.client import DEFAULT_MAX_RETRY_AFTER, DEFAULT_RECONNECT_RE
 from ctrader_twisted.errors import ConnectionLost, RateLimited
 from tests.hostile import LogCapture, MemoryNetwork, ScriptedServer, ServerConnection, raw_frame
 
-from .fakeserver import CLIENT_ID, CLIENT_SECRET, FakeConnection
+from .fakeserver import CLIENT_ID, CLIENT_SECRET, TOKEN, FakeConnection
 from .test_client import ClientTestCase, Harness
 
 _PREFIX = struct.Struct("!I")
@@ -432,6 +432,49 @@ class ClientWarningFloodTests(CapturingTestCase):
         self.network.run(20.0)
         text = "\n".join(self.log.formatted("critical"))
         self.assertIn("499 more in the last 20 s: listener", text)
+
+
+class ServerEventFloodTests(ClientTestCase):
+    """Session events the client acts on, repeated by a hostile server."""
+
+    def test_account_disconnect_flood(self) -> None:
+        with LogCapture() as log:
+            h = self.ready(log_summary_interval=30.0)
+            h.client.authorize_account(1001, TOKEN)
+            h.flush()
+            h.server.clear()
+            event = m.ProtoOAAccountDisconnectEvent(ctidTraderAccountId=1001)
+            for _ in range(200):
+                h.server.current.protocol.transport.write(m.encode_frame(event))  # type: ignore[union-attr]
+            h.flush()
+            # One re-authorization for the whole burst, not one per event.
+            self.assertEqual(h.server.names(), ["ProtoOAAccountAuthReq"])
+            self.assertEqual(h.client.authorized_accounts, frozenset({1001}))
+            h.advance(30.0)
+            warnings = log.formatted("warn")
+            h.server.current.send(event)  # after the burst: a new disconnect is acted on
+            h.flush()
+            self.assertEqual(h.server.names(), ["ProtoOAAccountAuthReq"] * 2)
+        self.assertEqual(
+            warnings,
+            [
+                "account 1001 was disconnected; authorizing again",
+                "199 more in the last 30 s: account 1001 was disconnected; authorizing again",
+            ],
+        )
+
+    def test_client_disconnect_and_token_events_flood(self) -> None:
+        with LogCapture() as log:
+            h = self.ready(log_summary_interval=30.0)
+            for _ in range(100):
+                h.server.current.send(m.ProtoOAClientDisconnectEvent(reason="bye"))
+                h.server.current.send(m.ProtoOAAccountsTokenInvalidatedEvent(reason="gone"))
+            h.flush()
+            self.assertEqual(len(log.formatted("warn")), 2)
+            h.stop()
+            text = "\n".join(log.formatted("warn"))
+        self.assertIn("99 more in the last 0 s: the server is closing the connection: bye", text)
+        self.assertIn("99 more in the last 0 s: access token invalidated", text)
 
 
 # ---------------------------------------------------------------------------------------------
