@@ -128,3 +128,35 @@ class PreAuthFrameLimitTests(SynchronousTestCase):
         wire = Wire(max_frame=4096)
         self._prefix(wire, 4097)
         self.assertTrue(_closing(wire))
+
+
+class VersionBeforeAuthTests(SynchronousTestCase):
+    """Issue 12 item 9: the real server is documented to refuse anything before application
+    auth, and no source shows it answering ProtoOAVersionReq then (evidence in
+    docs/sandbox.md, "Version before application auth"); the sandbox matches."""
+
+    def test_refused_then_answered_after_auth(self) -> None:
+        wire = Wire()
+        (error,) = wire.request(m.ProtoOAVersionReq(), "v1")
+        self.assertEqual(error.payload_type, 2142)  # ProtoOAErrorRes
+        assert isinstance(error.message, m.ProtoOAErrorRes)
+        self.assertEqual(error.message.errorCode, "CH_CLIENT_NOT_AUTHENTICATED")
+        self.assertEqual(error.client_msg_id, "v1")
+        self.assertFalse(_closing(wire))
+        wire.auth_app()
+        self.assertTrue(wire.one(m.ProtoOAVersionReq(), m.ProtoOAVersionRes).version)
+
+    def test_pipelined_version_then_auth(self) -> None:
+        """A client that writes the version request and its app auth together (as some
+        third-party clients do on connect) gets the error, then is authorized."""
+        wire = Wire()
+        config = wire.factory.config
+        auth = m.ProtoOAApplicationAuthReq(
+            clientId=config.client_id, clientSecret=config.client_secret
+        )
+        data = m.encode_frame(m.ProtoOAVersionReq(), "v") + m.encode_frame(auth, "a")
+        wire.protocol.dataReceived(data)
+        first, second = wire.received()
+        assert isinstance(first.message, m.ProtoOAErrorRes)
+        self.assertEqual((first.client_msg_id, second.client_msg_id), ("v", "a"))
+        self.assertIsInstance(second.message, m.ProtoOAApplicationAuthRes)
