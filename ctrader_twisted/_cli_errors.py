@@ -36,6 +36,9 @@ class ExitCode(enum.IntEnum):
     NOT_FOUND = 5
     ORDER_REJECTED = 6
     INTERRUPTED = 130
+    #: stdout was closed by its reader (``... | head -1``): 128 + SIGPIPE, as a shell reports
+    #: a tool that SIGPIPE ended; nothing is printed.
+    STDOUT_CLOSED = 141
 
 
 class CliError(CTraderError):

@@ -15,8 +15,9 @@ from twisted.internet.threads import deferToThreadPool
 
 from . import messages as m
 from ._cli_errors import CliError, ExitCode
-from ._cli_output import Column, Row, json_value
+from ._cli_output import Column, Row, StdoutClosed, json_value
 from ._cli_session import Context
+from ._failure import failure_of
 from ._models_market import Bar, Quote, QuoteTracker, Tick
 from ._models_symbols import SymbolDetails, normalize_symbol_name
 from ._models_units import Period, QuoteSide
@@ -110,7 +111,11 @@ async def run_quotes(
         if not (event.HasField("bid") or event.HasField("ask")):
             return
         row = quote_row(symbol, tracker.update(event, digits=symbol.digits))
-        ctx.out.line(quote_text(row), row)
+        try:
+            ctx.out.line(quote_text(row), row)
+        except StdoutClosed as closed:  # ``quotes ... | head -3``: stop, quietly
+            done.errback(failure_of(closed))
+            return
         seen += 1
         if count is not None and seen >= count:
             done.callback(None)

@@ -3,14 +3,21 @@
 In JSON mode every result is one JSON object per line on stdout (decimals as strings, times in
 ISO 8601), and notes and progress go to stderr so stdout stays machine-readable.  Errors are
 always one line on stderr.
+
+When the reader of stdout goes away (``ctrader-twisted bars ... --json | head -1``), a write
+raises :class:`StdoutClosed`: the command stops at once and exits quietly with status 141, the
+status a shell shows for a tool ended by ``SIGPIPE``.
 """
 
 from __future__ import annotations
 
 import enum
+import errno
 import json
+import os
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -20,7 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-__all__ = ["Column", "Output", "json_value"]
+__all__ = ["Column", "Output", "StdoutClosed", "iso_time", "json_value", "stdout_gone"]
 
 #: A row of output: column key -> value.
 Row = Mapping[str, object]
@@ -35,15 +42,57 @@ class Column:
     numeric: bool = False
 
 
+class StdoutClosed(Exception):
+    """The reader of stdout closed it (a broken pipe): stop writing and exit quietly."""
+
+
+def stdout_gone() -> None:
+    """After a broken pipe on :data:`sys.stdout`: point its descriptor at ``/dev/null``, so
+    that the interpreter's final flush of what is still buffered fails neither loudly
+    (``Exception ignored ... BrokenPipeError``) nor with a different exit status."""
+    with suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+class _Console(Console):
+    """A Rich console that reports a broken pipe instead of exiting.
+
+    (Rich's own reaction, ``SystemExit(1)`` from inside ``print``, would escape the reactor's
+    callbacks as an unhandled error and end with the wrong status.)
+    """
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, "the reader closed the pipe")
+
+
+@contextmanager
+def _writing() -> Iterator[None]:
+    """Turn a broken pipe on stdout into :class:`StdoutClosed`."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise StdoutClosed() from None
+
+
 def json_value(value: object) -> object:
     """Turn a model value into something ``json.dumps`` writes exactly."""
     if isinstance(value, Decimal):
         return format(value, "f")
     if isinstance(value, datetime):
-        return value.isoformat().replace("+00:00", "Z")
+        return iso_time(value)
     if isinstance(value, enum.Enum):
         return value.name
     return value
+
+
+def iso_time(moment: datetime) -> str:
+    """ISO 8601 in UTC with ``Z``: whole seconds (``2024-05-01T12:30:00Z``), or milliseconds,
+    the protocol's precision, when there are any (``2024-05-01T12:30:00.250Z``)."""
+    spec = "seconds" if moment.microsecond == 0 else "milliseconds"
+    return moment.isoformat(timespec=spec).replace("+00:00", "Z")
 
 
 def _text(value: object) -> str:
@@ -73,23 +122,25 @@ class Output:
         self._stdout = stdout
         self._stderr = stderr
         wide = None if stdout.isatty() else 160
-        self._console = Console(file=stdout, highlight=False, width=wide, soft_wrap=False)
-        self._err_console = Console(file=stderr, highlight=False)
+        self._console = _Console(file=stdout, highlight=False, width=wide, soft_wrap=False)
+        self._err_console = _Console(file=stderr, highlight=False)
         self._interrupted = False
 
     def emit(self, data: Row) -> None:
         """Write one JSON object line (JSON mode only; ignored otherwise)."""
         if self.json_mode:
             record = {key: json_value(value) for key, value in data.items()}
-            self._stdout.write(json.dumps(record, separators=(",", ":")) + "\n")
-            self._stdout.flush()
+            with _writing():
+                self._stdout.write(json.dumps(record, separators=(",", ":")) + "\n")
+                self._stdout.flush()
 
     def line(self, text: str, data: Row) -> None:
         """Write ``text`` for people, or ``data`` as a JSON line."""
         if self.json_mode:
             self.emit(data)
         else:
-            self._console.print(text, markup=False)
+            with _writing():
+                self._console.print(text, markup=False)
 
     def table(
         self, title: str, columns: Sequence[Column], rows: Sequence[Row], *, kind: str = ""
@@ -104,31 +155,36 @@ class Output:
             table.add_column(column.header, justify="right" if column.numeric else "left")
         for row in rows:
             table.add_row(*(_text(row.get(column.key)) for column in columns))
-        self._console.print(table)
+        with _writing():
+            self._console.print(table)
 
     def note(self, text: str) -> None:
         """Write an informational line (stdout for people, stderr in JSON mode)."""
         console = self._err_console if self.json_mode else self._console
-        console.print(text, markup=False)
+        with _writing():
+            console.print(text, markup=False)
 
     def heading(self, text: str) -> None:
         """Write a section heading (people only)."""
         if not self.json_mode:
-            self._console.rule(text, style="cyan")
+            with _writing():
+                self._console.rule(text, style="cyan")
 
     def error(self, text: str) -> None:
         """Write a one-line error to stderr (nothing after :meth:`interrupt`)."""
         if self._interrupted:
             return
-        self._stderr.write(f"error: {text}\n")
-        self._stderr.flush()
+        with suppress(BrokenPipeError):  # nowhere left to say it
+            self._stderr.write(f"error: {text}\n")
+            self._stderr.flush()
 
     def interrupt(self) -> None:
         """The user pressed Ctrl-C: say so once, then stay quiet about the teardown."""
         if not self._interrupted:
             self._interrupted = True
-            self._stderr.write("interrupted\n")
-            self._stderr.flush()
+            with suppress(BrokenPipeError):
+                self._stderr.write("interrupted\n")
+                self._stderr.flush()
 
     @contextmanager
     def progress(self, description: str) -> Iterator[Callable[[float, int], None]]:

@@ -290,6 +290,8 @@ def exit_code(error: BaseException) -> ExitCode:
 async def _guard(flow: Coroutine[Any, Any, int], err: TextIO) -> int:
     try:
         return await flow
+    except BrokenPipeError:  # ``ctrader-twisted token show | head -1``: nothing more to say
+        return int(ExitCode.STDOUT_CLOSED)
     except DeferredTimeout:
         err.write("error: no redirect arrived in time; run the command again\n")
         code = ExitCode.CONNECTION

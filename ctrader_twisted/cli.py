@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred
 from . import __version__
 from ._cli_config import ENVIRONMENTS, resolve_settings
 from ._cli_errors import CliError, ExitCode, describe_failure
-from ._cli_output import Output
+from ._cli_output import Output, StdoutClosed, stdout_gone
 from ._cli_parse import MAX_PRICE, MAX_UNITS, parse_decimal, parse_time
 from ._cli_reactor import CliReactor
 from ._cli_validate import validate_options
@@ -256,6 +256,8 @@ async def execute(reactor: CliReactor, options: argparse.Namespace, out: Output)
 
             return await run_demo(reactor, out, quotes_seconds=options.quotes, days=options.days)
         return await _run_connected(reactor, options, out)
+    except StdoutClosed:  # ``... | head``: the reader has all it wanted
+        return int(ExitCode.STDOUT_CLOSED)
     except Exception as error:  # every failure becomes one line and an exit code
         code, message = describe_failure(error)
         out.error(message)
@@ -271,8 +273,19 @@ def _sandbox(arguments: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None) -> int:
     """Entry point of the ``ctrader-twisted`` console script.
 
-    :returns: the exit code (also used by ``sys.exit`` in the console script).
+    :returns: the exit code (also used by ``sys.exit`` in the console script); 141 when the
+        reader of stdout closed it early (``ctrader-twisted bars ... --json | head -1``).
     """
+    try:
+        code = _main(argv, stdout)
+    except BrokenPipeError:  # help or output of any subcommand, e.g. ``sandbox --help | head``
+        code = int(ExitCode.STDOUT_CLOSED)
+    if code == ExitCode.STDOUT_CLOSED and stdout is None:
+        stdout_gone()
+    return code
+
+
+def _main(argv: Sequence[str] | None, stdout: TextIO | None) -> int:
     options = build_parser().parse_args(argv)
     handler = getattr(options, "handler", None)
     if handler is not None:  # auth / token run their own reactor
