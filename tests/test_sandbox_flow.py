@@ -140,6 +140,7 @@ class Peer:
 
     def send(self, message: Message, cmid: str | None = None) -> None:
         self.protocol.dataReceived(m.encode_frame(message, cmid))
+        self.clock.advance(0)  # history work waiting for its next slice runs now
 
     def ask(self, message: Message, cmid: str = "q") -> Message:
         self.send(message, cmid)
