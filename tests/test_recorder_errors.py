@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, cast
 from unittest import mock
 
+import trustme
 from twisted.application.service import IServiceMaker
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionRefusedError
@@ -56,6 +57,13 @@ def temp_dir(case: SynchronousTestCase) -> Path:
     directory = tempfile.mkdtemp(prefix="ctrader-recorder-errors-")
     case.addCleanup(shutil.rmtree, directory, True)
     return Path(directory)
+
+
+def ca_file(case: SynchronousTestCase) -> str:
+    """A CA certificate (PEM) to trust: enough to build a TLS endpoint."""
+    path = temp_dir(case) / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(path))
+    return str(path)
 
 
 def unusable_path(case: SynchronousTestCase) -> Path:
@@ -347,7 +355,10 @@ class EnvOptionTests(SynchronousTestCase):
     def test_twistd_plugin_takes_env_and_stop_timeout(self) -> None:
         makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}
         options = makers["ctrader-record"].options()
-        options.parseOptions(["--env", "sandbox", "--stop-timeout", "5", "--port", "1"])
+        ca = ca_file(self)
+        options.parseOptions(
+            ["--env", "sandbox", "--stop-timeout", "5", "--port", "1", "--ca-file", ca]
+        )
         service = tap.build_service(options, reactor)  # type: ignore[arg-type]
         recorder = tap.recorder_of(service)
         self.assertEqual(recorder.config.stop_timeout, 5.0)
@@ -394,7 +405,10 @@ class StopOnFatalTests(SynchronousTestCase):
     """The entry points' wiring: report the status and message, then stop the reactor."""
 
     def test_reports_and_stops(self) -> None:
-        options = parse("-d", str(unusable_path(self)), "--port", "1", "--status-interval", "0")
+        options = parse(
+            "-d", str(unusable_path(self)), "--port", "1", "--ca-file", ca_file(self),
+            "--status-interval", "0",
+        )  # fmt: skip
         service = tap.build_service(options, reactor)  # type: ignore[arg-type]
         fake = FakeReactor()
         reports: list[tuple[ExitCode, str]] = []

@@ -26,10 +26,10 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import cast
+from typing import Final, cast
 
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import (
     IProtocol,
     IProtocolFactory,
@@ -45,7 +45,9 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ctrader_twisted._cli_errors import ExitCode
+from ctrader_twisted._cli_config import resolve_settings
+from ctrader_twisted._cli_errors import CliError, ExitCode
+from ctrader_twisted._cli_validate import INT64_MAX, MAX_SECONDS, Rule
 from ctrader_twisted._oauth_refresh import TokenRefresher, socket_refresh
 from ctrader_twisted.client import DEMO_HOST, LIVE_HOST, PORT, Client, tls_endpoint
 from ctrader_twisted.recorder._fatal import exit_status
@@ -72,6 +74,8 @@ from ctrader_twisted.tokens import TokenFileError, TokenStore, default_token_pat
 __all__ = ["Options", "StartError", "build_service", "makeService", "record_main", "stop_on_fatal"]
 
 _ENVIRONMENTS = ("sandbox", "demo", "live")
+#: The most ``--history`` accepts: ten years of minutes.
+_MAX_HISTORY: Final = 10 * 366 * 1440
 
 
 class Options(usage.Options):
@@ -103,20 +107,35 @@ class Options(usage.Options):
         self["environment"] = value
 
     def postOptions(self) -> None:
+        """Check and convert every value (numbers finite and in range).
+
+        :raises usage.UsageError: for a bad value.  Run by ``twistd`` (the options then have a
+            parent), the error is instead one ``ctrader-record: error: ...`` line on stderr and
+            exit status 2, as for ``ctrader-twisted record``.
+        """
+        try:
+            self._check()
+        except usage.UsageError as error:
+            if getattr(self, "parent", None) is None:
+                raise
+            sys.stderr.write(f"ctrader-record: error: {error}\n")
+            sys.stderr.flush()
+            raise SystemExit(int(ExitCode.USAGE)) from None
+
+    def _check(self) -> None:
         if self["environment"] not in _ENVIRONMENTS:
             raise usage.UsageError(f"--env must be one of {', '.join(_ENVIRONMENTS)}")
         try:
             self["periods"] = tuple(period_from_name(p) for p in _split(self["periods"]))
-            for name in ("history", "status-interval", "sandbox-tick-interval", "stop-timeout"):
-                self[name] = float(self[name])
-            if self["port"] is not None:
-                self["port"] = int(self["port"])
-            if self["account"] is not None:
-                self["account"] = int(self["account"])
         except ValueError as error:
-            raise usage.UsageError(str(error)) from None
-        if self["stop-timeout"] < 0:
-            raise usage.UsageError("--stop-timeout must not be negative")
+            raise usage.UsageError(f"--periods: {error}") from None
+        for name, rule in _NUMBERS.items():
+            if self[name] is not None:
+                self[name] = _number(name, rule, self[name])
+        if self["ca-file"] is not None:
+            self["ca-file"] = str(Path(self["ca-file"]).expanduser())
+            if not Path(self["ca-file"]).is_file():
+                raise usage.UsageError(f"--ca-file {self['ca-file']} is not a file")
         self["symbols"] = tuple(_split(self["symbols"]))
         if not self["symbols"]:
             raise usage.UsageError("--symbols must name at least one symbol")
@@ -127,6 +146,32 @@ class Options(usage.Options):
                 check_postgres(self["postgres"])
             except StorageError as error:
                 raise usage.UsageError(f"--postgres: {error}") from None
+
+
+#: The numeric options, their ranges and whether they are whole numbers.
+_NUMBERS: Final[dict[str, tuple[Rule, bool]]] = {
+    "history": (Rule("--history", 0, _MAX_HISTORY, low_included=True, unit="minutes"), False),
+    "status-interval": (Rule("--status-interval", 0, MAX_SECONDS, True, "seconds"), False),
+    "stop-timeout": (Rule("--stop-timeout", 0, MAX_SECONDS, True, "seconds"), False),
+    "sandbox-tick-interval": (Rule("--sandbox-tick-interval", 0, 60, unit="seconds"), False),
+    "port": (Rule("--port", 1, 65_535, low_included=True), True),
+    "account": (Rule("--account", 1, INT64_MAX, low_included=True), True),
+}
+
+
+def _number(name: str, rule: tuple[Rule, bool], text: str) -> float | int:
+    """``text`` as a number in ``rule``'s range (a whole number when it says so)."""
+    limits, whole = rule
+    try:
+        value: float | int = int(text) if whole else float(text)
+    except (TypeError, ValueError):
+        kind = "a whole number" if whole else "a number"
+        raise usage.UsageError(f"--{name} must be {kind}, not {text!r}") from None
+    try:
+        limits.check(value)
+    except CliError as error:
+        raise usage.UsageError(str(error)) from None
+    return value
 
 
 class StartError(usage.UsageError):
@@ -181,6 +226,30 @@ class _EmbeddedSandbox(Service):
         super().stopService()  # type: ignore[no-untyped-call]
         running, self._running = self._running, None
         return running.stop() if running is not None else None
+
+
+class _StopInOrder(MultiService):
+    """Stops its children one after the other, the last started first.
+
+    ``MultiService`` stops them all at once: the embedded sandbox would then close its
+    listener and abort the client's connection while the client was still closing it (a
+    "non-clean" connection loss in the log), and the client would stop under a recorder still
+    flushing.  Here the recorder stops (and flushes) first, then the client closes its
+    connection cleanly, then the sandbox stops.
+    """
+
+    _log = Logger()
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)  # type: ignore[no-untyped-call]
+        return Deferred.fromCoroutine(self._stop_children())
+
+    async def _stop_children(self) -> None:
+        for child in reversed(list(self)):
+            try:
+                await maybeDeferred(child.stopService)
+            except Exception:
+                self._log.failure("Stopping {service!r} failed", service=child)
 
 
 @implementer(IStreamClientEndpoint)
@@ -285,7 +354,7 @@ def build_service(options: Options, reactor: IReactorSSL) -> MultiService:
     :raises StartError: missing credentials or token for demo/live, or an unreadable token
         file.
     """
-    top = MultiService()  # type: ignore[no-untyped-call]
+    top = _StopInOrder()  # type: ignore[no-untyped-call]
     clock = cast(IReactorTime, reactor)
     tcp = cast(IReactorTCP, reactor)
     if options["environment"] == "sandbox":
@@ -310,7 +379,7 @@ def build_service(options: Options, reactor: IReactorSSL) -> MultiService:
             raise StartError(message, ExitCode.AUTH)
         host = options["host"] or (DEMO_HOST if options["environment"] == "demo" else LIVE_HOST)
         port = options["port"] or PORT
-        endpoint = tls_endpoint(tcp, host, port, ca_file=options["ca-file"])
+        endpoint = _tls(tcp, host, port, options["ca-file"], implied=False)
         logged = _WarningEndpoint(endpoint, f"{host}:{port}")
         client = Client(logged, client_id=client_id, client_secret=secret, reactor=clock)
         _adopt(top, client)
@@ -336,9 +405,20 @@ def _sandbox_client(options: Options, reactor: IReactorSSL, top: MultiService) -
     tcp = cast(IReactorTCP, reactor)
     endpoint: IStreamClientEndpoint
     if options["port"] is not None:
-        host = options["host"] or "localhost"
-        plain = tls_endpoint(tcp, host, options["port"], ca_file=options["ca-file"])
-        endpoint = _WarningEndpoint(plain, f"{host}:{options['port']}")
+        # A running sandbox: its CA is found as the other commands find it (--ca-file, the
+        # config file's [sandbox] section, then the sandbox's state folder).
+        try:
+            target = resolve_settings(
+                env="sandbox",
+                host=options["host"],
+                port=options["port"],
+                ca_file=options["ca-file"],
+            )
+        except CliError as error:
+            raise StartError(str(error), error.code) from None
+        implied = options["ca-file"] is None
+        plain = _tls(tcp, target.host, target.port, target.ca_file, implied=implied)
+        endpoint = _WarningEndpoint(plain, f"{target.host}:{target.port}")
     else:
         config = SandboxConfig(tick_interval=options["sandbox-tick-interval"])
         sandbox = _EmbeddedSandbox(reactor, config, options["sandbox-state-dir"])
@@ -352,6 +432,25 @@ def _sandbox_client(options: Options, reactor: IReactorSSL, top: MultiService) -
     )
     _adopt(top, client)
     return client
+
+
+def _tls(
+    tcp: IReactorTCP, host: str, port: int, ca_file: str | Path | None, *, implied: bool
+) -> IStreamClientEndpoint:
+    """A TLS endpoint; an unusable CA file is a :class:`StartError`.
+
+    :param implied: ``ca_file`` was not given with ``--ca-file`` but found (the running
+        sandbox's own): when it is missing, the sandbox has probably never been started.
+    """
+    try:
+        return tls_endpoint(tcp, host, port, ca_file=ca_file)
+    except (OSError, ValueError) as error:
+        if implied and isinstance(error, FileNotFoundError):
+            hint = "is the sandbox running? start it with 'ctrader-twisted sandbox'"
+            message = f"CA file {ca_file} does not exist ({hint})"
+            raise StartError(message, ExitCode.CONNECTION) from None
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise StartError(f"cannot use the CA file {ca_file}: {reason}", ExitCode.USAGE) from None
 
 
 def _adopt(parent: MultiService, child: IService) -> None:
