@@ -517,3 +517,19 @@ def test_example_without_a_server_fails_visibly_and_in_time(
     assert done.returncode != 0, done.stdout + done.stderr
     assert re.search(r"attempt 1 failed.*refused", done.stderr), done.stderr
     assert "TimeoutError" in done.stderr, done.stderr
+
+
+def test_readme_puts_the_commands_on_path_before_using_them() -> None:
+    """After ``make demo`` the tools are only in ``.venv/bin``: the README activates it before
+    its first bare ``ctrader-twisted`` or ``twistd`` command."""
+    activated = False
+    for block in BLOCKS:
+        if block.name != "README.md" or block.language != "sh" or _kind(block) != "shell":
+            continue
+        for command in shell_commands(block.code):
+            if command.is_activation:
+                activated = True
+            elif command.argv[0] in ("ctrader-twisted", "twistd"):
+                assert activated, f"{block.where}: {command.text} before . .venv/bin/activate"
+                return
+    pytest.fail("README.md runs no ctrader-twisted or twistd command")
