@@ -7,11 +7,22 @@ fails fast with exit code 4 when the server is unreachable or its certificate is
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
+from OpenSSL.SSL import Error as SSLError
+from service_identity import VerificationError
 from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+    ITransport,
+)
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -25,28 +36,96 @@ from ._models_symbols import SymbolCatalog
 from .client import Client
 from .tls import tls_endpoint
 
-__all__ = ["CONNECT_ATTEMPTS", "Context", "connect"]
+__all__ = ["CONNECT_ATTEMPTS", "Context", "certificate_problem", "connect"]
 
 #: Failed connection attempts after which a command gives up.
 CONNECT_ATTEMPTS = 3
 
 
+class _LossWatcher:
+    """Stands between the TLS layer and the client's protocol to see why the connection
+    ended: a failed certificate check reaches only the protocol's ``connectionLost``."""
+
+    def __init__(self, protocol: IProtocol, lost: Callable[[Failure], None]) -> None:
+        self.protocol = protocol
+        self._lost = lost
+
+    def makeConnection(self, transport: ITransport) -> None:
+        self.protocol.makeConnection(transport)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._lost(reason)
+        self.protocol.connectionLost(reason)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.protocol, name)
+
+
+@implementer(IProtocolFactory)
+class _WatchingFactory:
+    def __init__(self, factory: IProtocolFactory, lost: Callable[[Failure], None]) -> None:
+        self._factory = factory
+        self._lost = lost
+
+    def buildProtocol(self, addr: IAddress) -> IProtocol | None:
+        protocol = self._factory.buildProtocol(addr)
+        if protocol is None:
+            return None
+        return cast(IProtocol, _LossWatcher(protocol, self._lost))
+
+    def doStart(self) -> None:
+        self._factory.doStart()
+
+    def doStop(self) -> None:
+        self._factory.doStop()
+
+
 @implementer(IStreamClientEndpoint)
 class _RecordingEndpoint:
-    """Wrap an endpoint to remember why the last connection attempt failed."""
+    """Wrap an endpoint to remember why the last connection attempt failed: the connection
+    could not be made, or the TLS handshake refused the server's certificate."""
 
-    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+    def __init__(self, endpoint: IStreamClientEndpoint, host: str) -> None:
         self._endpoint = endpoint
+        self._host = host
         self.last_error: str = ""
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
-        attempt = self._endpoint.connect(protocolFactory)
-        attempt.addErrback(self._record)
+        attempt = self._endpoint.connect(_WatchingFactory(protocolFactory, self._lost))
+        attempt.addCallbacks(_unwatched, self._record)
         return attempt
 
     def _record(self, failure: Failure) -> Failure:
         self.last_error = " ".join(str(failure.value).split()) or type(failure.value).__name__
         return failure
+
+    def _lost(self, reason: Failure) -> None:
+        problem = certificate_problem(reason.value, self._host) if reason.value else ""
+        if problem:
+            self.last_error = problem
+
+
+def _unwatched(protocol: IProtocol) -> IProtocol:
+    return cast(_LossWatcher, protocol).protocol
+
+
+def certificate_problem(error: BaseException, host: str) -> str:
+    """A sentence for a TLS handshake that failed on the server's certificate; empty for
+    any other error.
+
+    OpenSSL refuses a certificate that does not chain to a trusted CA (or has expired) during
+    the handshake (``certificate verify failed``); service-identity then refuses one that does
+    not name ``host``.
+    """
+    hint = "; pass the CA that issued the server's certificate with --ca-file"
+    if isinstance(error, VerificationError):
+        return f"certificate verification failed: the certificate is not valid for {host!r}"
+    if isinstance(error, SSLError) and "certificate verify failed" in str(error):
+        return (
+            f"certificate verification failed for {host!r}: the certificate is not "
+            f"signed by a trusted CA, or has expired{hint}"
+        )
+    return ""
 
 
 @dataclass
@@ -103,7 +182,8 @@ async def connect(
     settings.require_app_credentials()
     _check_ca_file(settings)
     endpoint = _RecordingEndpoint(
-        tls_endpoint(reactor, settings.host, settings.port, ca_file=settings.ca_file)
+        tls_endpoint(reactor, settings.host, settings.port, ca_file=settings.ca_file),
+        settings.host,
     )
     ready: Deferred[None] = Deferred()
 
