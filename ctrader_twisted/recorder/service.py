@@ -4,11 +4,19 @@
 ``Client`` (started by the same parent service, see :mod:`ctrader_twisted.recorder.tap`).  On
 start it opens the store, authorizes the account, resolves the symbol names, subscribes to spots
 (with server timestamps), live trendbars of each period and optionally depth, and backfills each
-bar series from the newest stored bar (inclusive) up to now.  After every reconnect
-(``client.on_ready``) it drops the bars in progress and backfills again, so each series has no
-gaps; bars are upserted on (symbol, period, open time), so it has no duplicates either.  Only
-closed bars are stored: a live bar is final once the next one starts, and each closed live bar
-is then confirmed from history (its last live update may miss ticks that did not move the price).
+bar series from its cursor (inclusive) up to now.  After every reconnect (``client.on_ready``) it
+drops the bars in progress and backfills again, so each series has no gaps; bars are upserted on
+(symbol, period, open time), so it has no duplicates either.  Only closed bars are stored: a live
+bar is final once the next one starts, and each closed live bar is then confirmed from history
+(its last live update may miss ticks that did not move the price).
+
+Each series (symbol, period) has one backfill cursor: the open time of the newest bar a finished
+history fetch returned.  Only history fetches move it, one complete window at a time, so a live
+bar that closes (and is stored) before its series' turn in the backfill queue cannot make that
+backfill start after bars it has not stored.  After a restart the cursor is the newest bar
+stored from history (:meth:`~ctrader_twisted.recorder.storage.MarketStore.last_history_minute`);
+a series without one starts ``history_minutes`` back.  Series are backfilled one at a time, in
+queue order; one interrupted by a lost connection keeps its place at the front.
 
 Start-up errors that can pass (a database server not up yet, an unreachable server, a lost
 connection) are logged as warnings and retried every few seconds.  Permanent ones (a database
@@ -102,7 +110,8 @@ class RecorderConfig:
     :ivar symbols: symbol names (``"EURUSD"``) or numeric ids as text.
     :ivar periods: trendbar periods (``ProtoOATrendbarPeriod`` values); M1 by default.
     :ivar depth: also record depth of market.
-    :ivar history_minutes: on an empty database, backfill this many minutes before now.
+    :ivar history_minutes: a series with no bar from history yet (a new database or symbol)
+        is backfilled from this many minutes before now.
     :ivar status_interval: seconds between status lines.
     :ivar max_batch_rows: a batch is written as soon as it holds this many rows (rows that
         arrive while a write is running join the next batch, which may grow past this).
