@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 LINT_PATHS := $(wildcard ctrader_twisted tests tools bench twisted docs/conf.py)
 
-.PHONY: help venv test lint types generated changelog docs pytest generate demo bench fuzz dist clean
+.PHONY: help venv wheelenv test lint types generated changelog docs pytest generate demo bench fuzz dist clean
 
 help:
 	@echo "make demo      run the whole product against the built-in sandbox"
@@ -35,6 +35,11 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	@touch $@ $(RUNTIME_STAMP)
 
 venv: $(STAMP)
+
+# The scratch environment of tests/test_packaging.py and tests/test_downstream_typing.py (the
+# built wheel, its runtime dependencies and mypy), prepared ahead; the tests create it otherwise.
+wheelenv: $(STAMP)
+	$(BIN)/python -m tests.wheelenv
 
 lint: $(STAMP)
 	$(BIN)/ruff check --output-format concise $(LINT_PATHS)

@@ -8,7 +8,8 @@ The sdist and wheel are built once per test session (from the sdist, as a releas
 environment is kept under ``build/wheelenv/<key>`` between sessions, keyed by the interpreter, the
 runtime requirements, the mypy pin and any ``PIP_CONSTRAINT`` file, so only its first creation
 downloads anything; later sessions reinstall just the fresh wheel (``--no-deps``) and ``pip check``
-that its declared dependencies are all there.  A file lock keeps concurrent sessions apart.
+that its declared dependencies are all there.  A lock file per environment keeps concurrent
+sessions apart.
 """
 
 from __future__ import annotations
@@ -107,9 +108,10 @@ def installed() -> Iterator[Path]:
     """The scratch environment with this session's wheel installed; held locked while in use."""
     dist = built()
     ENV_ROOT.mkdir(parents=True, exist_ok=True)
-    venv = ENV_ROOT / _key()
+    key = _key()
+    venv = ENV_ROOT / key
     python = venv / "bin" / "python"
-    with open(ENV_ROOT / "lock", "w") as lock:
+    with open(ENV_ROOT / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             ready = venv / ".ready"
@@ -143,3 +145,9 @@ def clean_env(venv: Path) -> dict[str, str]:
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     env["VIRTUAL_ENV"] = str(venv)
     return env
+
+
+if __name__ == "__main__":
+    # `python -m tests.wheelenv` (make wheelenv) prepares the environment ahead of the tests.
+    with installed() as prepared:
+        print(f"scratch environment ready: {prepared.relative_to(ROOT)}")
