@@ -447,8 +447,10 @@ _TIME = re.compile(r"^\d{4}-\d\d-\d\dT")
 
 
 def _shape(value: object) -> object:
+    """A JSON value's type, or a time's format (milliseconds, present or not, are one format:
+    whole seconds print without them)."""
     if isinstance(value, str) and _TIME.match(value):
-        return re.sub(r"\d", "0", value)
+        return re.sub(r"\d", "0", re.sub(r"\.\d{3}Z$", "Z", value))
     return type(value).__name__
 
 
