@@ -85,6 +85,22 @@ class TrialTempTests(SynchronousTestCase):
         self.assertNotEqual(self.mktemp(), str(path))
 
 
+def test_make_demo_installs_the_runtime_only(tmp_path: Path) -> None:
+    """``make demo`` used to install the whole test toolchain (and so failed on Python 3.10)."""
+    venv = tmp_path / "venv"
+    result = wheelenv.run(["make", "-n", "demo", f"VENV={venv}", "PYTHON=python3"], cwd=ROOT)
+    installs = [
+        line.split(" pip install ", 1)[1].split()
+        for line in result.stdout.splitlines()
+        if " pip install " in line
+    ]
+    assert ["--quiet", "-e", "."] in installs, result.stdout
+    assert all(
+        args in (["--quiet", "-e", "."], ["--quiet", "--upgrade", "pip"]) for args in installs
+    )
+    assert result.stdout.rstrip().splitlines()[-1] == f"{venv}/bin/ctrader-twisted demo"
+
+
 # -- the built distribution ---------------------------------------------------------------------
 
 
