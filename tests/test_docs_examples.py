@@ -535,3 +535,19 @@ def test_readme_puts_the_commands_on_path_before_using_them() -> None:
                 assert activated, f"{block.where}: {command.text} before . .venv/bin/activate"
                 return
     pytest.fail("README.md runs no ctrader-twisted or twistd command")
+
+
+def test_readme_links_work_on_an_index_page() -> None:
+    """The README is the package's long description: on an index page, relative links
+    (``docs/client.md``) lead nowhere, so every link is absolute."""
+    from markdown_it import MarkdownIt
+
+    tokens = MarkdownIt("commonmark").parse((ROOT / "README.md").read_text(encoding="utf-8"))
+    links = [
+        str(child.attrs.get("href", child.attrs.get("src", "")))
+        for token in tokens
+        for child in token.children or []
+        if child.type in ("link_open", "image")
+    ]
+    relative = [link for link in links if not re.match(r"https?://", link)]
+    assert not relative, f"relative links in README.md: {relative}"
