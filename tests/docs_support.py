@@ -175,6 +175,8 @@ class Command:
     @property
     def daemon(self) -> str | None:
         """``"sandbox"`` or ``"record"`` for commands that run until stopped, else ``None``."""
+        if "--help" in self.argv:
+            return None
         words = [word for word in self.argv if not word.startswith("-")]
         if self.argv[:1] == ("twistd",):
             for name, kind in (("ctrader-sandbox", "sandbox"), ("ctrader-record", "record")):

@@ -248,6 +248,7 @@ def test_shell_parsing() -> None:
     listen = Command(("twistd", "-n", "ctrader-sandbox", "--listen", "ssl:5035:x=1"), "")
     assert daemon_argv(listen, 7000)[-1] == "ssl:0:x=1"
     assert daemon_argv(Command(("twistd", "-n", "ctrader-sandbox"), ""), 7000)[-1] == "0"
+    assert Command(("ctrader-twisted", "record", "--help"), "").daemon is None
 
 
 # --- every block --------------------------------------------------------------------------------
