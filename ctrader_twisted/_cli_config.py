@@ -131,10 +131,11 @@ def _integer(text: str, what: str, high: int) -> int | None:
 def _stored_token(environ: Mapping[str, str]) -> str:
     from .tokens import TokenFileError, TokenStore, default_token_path
 
+    store = TokenStore(environ.get("CTRADER_TOKEN_FILE") or default_token_path())
     try:
-        token = TokenStore(environ.get("CTRADER_TOKEN_FILE") or default_token_path()).read()
-    except (TokenFileError, OSError):
-        return ""
+        token = store.read()
+    except TokenFileError as error:  # not silently "no token": say what is wrong with it
+        raise CliError(f"cannot use the token file: {error}") from None
     return "" if token is None else token.access_token
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from typing import Final
 
 from twisted.internet.defer import CancelledError
 from twisted.internet.defer import TimeoutError as DeferredTimeout
@@ -22,7 +23,7 @@ from .errors import (
     RequestTimeout,
 )
 
-__all__ = ["CliError", "ExitCode", "describe_failure"]
+__all__ = ["NOT_FOUND_CODES", "CliError", "ExitCode", "describe_failure"]
 
 
 class ExitCode(enum.IntEnum):
@@ -48,6 +49,17 @@ class CliError(CTraderError):
         super().__init__(message)
         self.code = code
 
+
+#: Server error codes that mean "no such account, symbol, position or order" (exit 5).
+NOT_FOUND_CODES: Final = frozenset(
+    {
+        "CH_CTID_TRADER_ACCOUNT_NOT_FOUND",
+        "SYMBOL_NOT_FOUND",
+        "UNKNOWN_SYMBOL",
+        "POSITION_NOT_FOUND",
+        "ORDER_NOT_FOUND",
+    }
+)
 
 _CLASSES: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (CliError, ExitCode.USAGE),  # replaced by the instance's own code below
@@ -80,6 +92,8 @@ def describe_failure(error: BaseException | Failure) -> tuple[ExitCode, str]:
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, CliError):
         return exc.code, text
+    if isinstance(exc, OpenApiError) and exc.code in NOT_FOUND_CODES:
+        return ExitCode.NOT_FOUND, f"not found: {text}"
     for cls, code in _CLASSES:
         if isinstance(exc, cls):
             if code is ExitCode.AUTH:

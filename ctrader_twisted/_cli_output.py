@@ -26,6 +26,7 @@ from typing import TextIO
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 __all__ = ["Column", "Output", "StdoutClosed", "iso_time", "json_value", "stdout_gone"]
 
@@ -150,12 +151,15 @@ class Output:
             for row in rows:
                 self.emit({"type": kind, **row} if kind else row)
             return
-        table = Table(title=title, title_justify="left")
+        # The title is a line of its own, not the table's title: Rich wraps a table's title to
+        # the table's width, so a narrow table (``ticks``) broke its caption over two lines.
+        table = Table()
         for column in columns:
             table.add_column(column.header, justify="right" if column.numeric else "left")
         for row in rows:
             table.add_row(*(_text(row.get(column.key)) for column in columns))
         with _writing():
+            self._console.print(Text(title, style="table.title"))
             self._console.print(table)
 
     def note(self, text: str) -> None:

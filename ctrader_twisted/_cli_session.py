@@ -34,6 +34,7 @@ from ._cli_reactor import CliReactor
 from ._failure import failure_of
 from ._models_symbols import SymbolCatalog
 from .client import Client
+from .errors import AccountAuthError
 from .tls import tls_endpoint
 
 __all__ = ["CONNECT_ATTEMPTS", "Context", "certificate_problem", "connect"]
@@ -154,7 +155,16 @@ class Context:
             if not accounts:
                 raise CliError("the access token grants no trading account", ExitCode.NOT_FOUND)
             account = int(accounts[0].ctidTraderAccountId)
-        await self.client.authorize_account(account, self.settings.access_token)
+        try:
+            await self.client.authorize_account(account, self.settings.access_token)
+        except AccountAuthError as error:
+            if error.code == "CH_CTID_TRADER_ACCOUNT_NOT_FOUND":
+                message = (
+                    f"account {account} not found: the access token does not grant it "
+                    "('ctrader-twisted accounts' lists those it does)"
+                )
+                raise CliError(message, ExitCode.NOT_FOUND) from None
+            raise
         self._account = account
         return account
 

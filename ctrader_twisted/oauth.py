@@ -46,7 +46,7 @@ from ctrader_twisted._oauth_errors import (
 )
 from ctrader_twisted._oauth_redirect import RedirectCatcher, RedirectResult
 from ctrader_twisted._oauth_refresh import SocketRefresh, TokenRefresher, socket_refresh
-from ctrader_twisted.tokens import Token, TokenStore, default_token_path
+from ctrader_twisted.tokens import Token, TokenFileError, TokenStore, default_token_path
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -63,6 +63,7 @@ __all__ = [
     "SocketRefresh",
     "StateMismatch",
     "Token",
+    "TokenFileError",
     "TokenRefresher",
     "TokenStore",
     "default_token_path",
@@ -79,6 +80,8 @@ DEFAULT_HTTP_TIMEOUT: Final = 30.0
 #: ``trading`` grants full access, ``accounts`` read-only access.
 SCOPES: Final = ("trading", "accounts")
 _MAX_BODY: Final = 64 * 1024
+#: Longest token lifetime believed (about 100 years); beyond it ``expiresIn`` is nonsense.
+_MAX_EXPIRES_IN: Final = 100 * 365 * 86400
 
 
 def new_state() -> str:
@@ -265,6 +268,8 @@ def parse_token_response(status: int, body: bytes, now: float) -> Token:
         raise OAuthError("INVALID_RESPONSE", "token response lacks accessToken or refreshToken")
     if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
         raise OAuthError("INVALID_RESPONSE", "token response lacks a numeric expiresIn")
+    if not 0 <= expires_in < _MAX_EXPIRES_IN:  # also refuses NaN, which JSON can carry
+        raise OAuthError("INVALID_RESPONSE", "token response has an out-of-range expiresIn")
     token_type = _text(data.get("tokenType")) or "bearer"
     return Token.from_expires_in(access, refresh, float(expires_in), now, token_type)
 

@@ -326,3 +326,16 @@ class UnreadableTokenFileTests(TestCase):
         directory.mkdir()
         with self.assertRaises(TokenFileError):
             TokenStore(directory).read()
+
+
+class ExpiresInTests(SynchronousTestCase):
+    def test_out_of_range_lifetimes_are_refused(self) -> None:
+        from ctrader_twisted.oauth import OAuthError, parse_token_response
+
+        for expires in ("NaN", "Infinity", "-1", "1e300"):
+            body = f'{{"accessToken": "a", "refreshToken": "r", "expiresIn": {expires}}}'
+            with self.assertRaises(OAuthError, msg=expires):
+                parse_token_response(200, body.encode(), 0.0)
+        token = parse_token_response(200, b'{"accessToken": "a", "refreshToken": "r", '
+                                     b'"expiresIn": 2628000}', 10.0)  # fmt: skip
+        self.assertEqual(token.expires_at, 2628010.0)
