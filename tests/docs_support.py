@@ -2,7 +2,7 @@
 how each one is checked, and run Python fragments inside a live sandbox session.
 
 The conventions are described in the docstring of ``tests/test_docs_examples.py``.  Run as a
-script (``python -m tests.docs_support FRAGMENTS.json``), this module is the fragment runner: it
+script (``python tests/docs_support.py FRAGMENTS.json``), this module is the fragment runner: it
 connects a client to the sandbox named by ``DOCS_SANDBOX_PORT`` (CA file from
 ``$CTRADER_SANDBOX_STATE``), authorizes account 5000001, then executes the fragments of one page
 in order in one namespace, and prints one ``DOCS-FRAGMENT`` line per fragment.
@@ -388,6 +388,7 @@ async def _run_fragments(reactor: Any, fragments: list[dict[str, str]]) -> None:
         "__docs_equals__": _equals,
         "__docs_raises__": _raises,
     }
+    assert set(SESSION_NAMES) <= namespace.keys()
     try:
         await client.when_ready().addTimeout(20, reactor)
         await client.authorize_account(5000001, DEFAULT_ACCESS_TOKEN)
