@@ -328,6 +328,10 @@ def _raises(thunk: Callable[[], object], name: str) -> None:
     raise AssertionError(f"the document says {name}, but nothing was raised")
 
 
+#: The functions the checks that :func:`checked_tree` adds call.
+FRAGMENT_HELPERS: dict[str, object] = {"__docs_equals__": _equals, "__docs_raises__": _raises}
+
+
 # --- the fragment runner (a separate process) --------------------------------------------------
 
 FRAGMENT_PREFIX = "DOCS-FRAGMENT"
@@ -385,8 +389,7 @@ async def _run_fragments(reactor: Any, fragments: list[dict[str, str]]) -> None:
         "end": now,
         "store": store,
         "store_batch": stored.append,
-        "__docs_equals__": _equals,
-        "__docs_raises__": _raises,
+        **FRAGMENT_HELPERS,
     }
     assert set(SESSION_NAMES) <= namespace.keys()
     try:

@@ -63,11 +63,13 @@ import pytest
 from ctrader_twisted.sandbox import DEFAULT_ACCESS_TOKEN, DEFAULT_CLIENT_SECRET
 
 from .docs_support import (
+    FRAGMENT_HELPERS,
     FRAGMENT_PREFIX,
     ROOT,
     Block,
     Command,
     DocsConventionError,
+    checked_tree,
     console_session,
     daemon_argv,
     discover,
@@ -249,6 +251,20 @@ def test_shell_parsing() -> None:
     assert daemon_argv(listen, 7000)[-1] == "ssl:0:x=1"
     assert daemon_argv(Command(("twistd", "-n", "ctrader-sandbox"), ""), 7000)[-1] == "0"
     assert Command(("ctrader-twisted", "record", "--help"), "").daemon is None
+
+
+def test_result_comments_are_checked() -> None:
+    def run(code: str) -> None:
+        exec(compile(checked_tree(code, "page.md:1"), "page.md:1", "exec"), dict(FRAGMENT_HELPERS))  # noqa: S102
+
+    run('from decimal import Decimal\n1 + 1  # 2\nDecimal("1.50")  # Decimal("1.50")\n')
+    run("int('x')  # ValueError: invalid literal\nprint(1)  # prints one\n")
+    with pytest.raises(AssertionError, match="the document says 3"):
+        run("1 + 1  # 3\n")
+    with pytest.raises(AssertionError, match=r"says 2, the code gives 2\.0"):
+        run("4 / 2  # 2\n")
+    with pytest.raises(AssertionError, match="nothing was raised"):
+        run("int('1')  # ValueError: not a number\n")
 
 
 # --- every block --------------------------------------------------------------------------------
