@@ -255,7 +255,8 @@ def test_shell_parsing() -> None:
 
 def test_result_comments_are_checked() -> None:
     def run(code: str) -> None:
-        exec(compile(checked_tree(code, "page.md:1"), "page.md:1", "exec"), dict(FRAGMENT_HELPERS))  # noqa: S102
+        compiled = compile(checked_tree(code, "page.md:1"), "page.md:1", "exec")
+        exec(compiled, dict(FRAGMENT_HELPERS))  # noqa: S102 - the test's own snippets
 
     run('from decimal import Decimal\n1 + 1  # 2\nDecimal("1.50")  # Decimal("1.50")\n')
     run("int('x')  # ValueError: invalid literal\nprint(1)  # prints one\n")
