@@ -98,7 +98,10 @@ def _read_config(path: Path, env: str | None) -> dict[str, str]:
         return {}
     parser = configparser.ConfigParser(interpolation=None)
     try:
-        parser.read(path, encoding="utf-8")
+        with path.open(encoding="utf-8") as handle:  # ``parser.read`` skips unreadable files
+            parser.read_file(handle)
+    except OSError as error:
+        raise CliError(f"cannot read config file {path}: {error.strerror}") from None
     except (configparser.Error, UnicodeDecodeError) as error:
         raise CliError(f"cannot read config file {path}: {type(error).__name__}") from None
     values: dict[str, str] = {}

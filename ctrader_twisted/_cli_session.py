@@ -191,10 +191,7 @@ async def connect(
     """
     settings.require_app_credentials()
     _check_ca_file(settings)
-    endpoint = _RecordingEndpoint(
-        tls_endpoint(reactor, settings.host, settings.port, ca_file=settings.ca_file),
-        settings.host,
-    )
+    endpoint = _RecordingEndpoint(_tls_endpoint(reactor, settings), settings.host)
     ready: Deferred[None] = Deferred()
 
     def fail() -> None:
@@ -228,6 +225,16 @@ async def connect(
             raise CliError(message, ExitCode.CONNECTION) from None
         raise
     return client
+
+
+def _tls_endpoint(reactor: CliReactor, settings: Settings) -> IStreamClientEndpoint:
+    """:raises CliError: (usage) for a CA file that cannot be read or holds no certificate."""
+    try:
+        return tls_endpoint(reactor, settings.host, settings.port, ca_file=settings.ca_file)
+    except OSError as error:
+        raise CliError(f"cannot read CA file {settings.ca_file}: {error.strerror}") from None
+    except ValueError:
+        raise CliError(f"CA file {settings.ca_file} holds no PEM certificate") from None
 
 
 def _check_ca_file(settings: Settings) -> None:

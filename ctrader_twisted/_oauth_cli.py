@@ -209,10 +209,14 @@ async def _auth(reactor: _Reactor, options: argparse.Namespace, out: TextIO) -> 
     validate_options(options)
     oauth = _oauth_client(reactor, options)
     target = urlsplit(options.redirect_uri)
-    if target.scheme != "http" or target.hostname not in ("127.0.0.1", "localhost"):
+    try:
+        port = target.port or 80
+    except ValueError:  # not a number, or beyond 65535
+        port = 0
+    if target.scheme != "http" or target.hostname not in ("127.0.0.1", "localhost") or not port:
         raise CliError("the redirect URI must be http://127.0.0.1:<port>/...", ExitCode.USAGE)
     state = new_state()
-    catcher = RedirectCatcher(reactor, state, port=target.port or 80, path=target.path or "/")
+    catcher = RedirectCatcher(reactor, state, port=port, path=target.path or "/")
     catcher.listen()
     try:
         url = oauth.authorization_url(state, options.scope)

@@ -156,6 +156,20 @@ class EveryNumericOptionTests(TestCase):
             code, _, err = await self.run_cli([*argv, "--env", "sandbox", "--ca-file", "/no/ca"])
             self.assertEqual(code, ExitCode.CONNECTION, (argv, err))
 
+    async def test_unusable_files(self) -> None:
+        folder = Path(self.mktemp()).absolute()
+        folder.mkdir()
+        not_pem = folder / "ca.pem"
+        not_pem.write_text("not a certificate\n")
+        for argv, message in (
+            (["accounts", "--config", str(folder)], f"cannot read config file {folder}: "),
+            (["accounts", "--ca-file", str(folder)], f"cannot read CA file {folder}: "),
+            (["accounts", "--ca-file", str(not_pem)], f"CA file {not_pem} holds no PEM"),
+        ):
+            code, _, err = await self.run_cli([*argv, "--env", "sandbox"])
+            self.assertEqual(code, ExitCode.USAGE, (argv, err))
+            self.assertTrue(err.startswith(f"error: {message}"), err)
+
     async def test_auth_and_token(self) -> None:
         top = argparse.ArgumentParser()
         sub = top.add_subparsers(dest="command")
@@ -168,6 +182,8 @@ class EveryNumericOptionTests(TestCase):
             ["auth", "--no-browser", "--timeout", "-1"],
             ["token", "show", "--timeout", "inf"],
             ["token", "refresh", "--timeout", "1e9"],
+            ["auth", "--no-browser", "--redirect-uri", "http://127.0.0.1:99999/callback"],
+            ["auth", "--no-browser", "--redirect-uri", "http://127.0.0.1:port/callback"],
         ):
             options = top.parse_args([*argv, *credentials])
             flow = _oauth_cli.auth_flow if argv[0] == "auth" else _oauth_cli.token_flow
