@@ -34,12 +34,13 @@ Conventions for code blocks in the documentation (check them here before adding 
   the block, they must come up (log that they listen or record) and stay up while the other
   commands run, then stop cleanly on SIGINT, as after Ctrl-C.  Sandboxes listen on a free
   port instead of the one written.  ``<!-- docs: alternatives -->`` marks a block whose lines
-  are alternatives: each daemon then runs alone in its own folder.
+  are alternatives: each daemon then runs in a folder of its own (no shared pidfile or
+  database).
 * ``console`` blocks show ``$ command`` lines with their output; the commands run like ``sh``
   ones, and JSON output lines must have the same keys (and time formats) as shown.
 
-Everything shares one sandbox process (``ctrader-twisted sandbox --always-open``), and every
-wait is bounded.
+Everything shares one sandbox process (``ctrader-twisted sandbox --always-open``, so the trading
+examples also run at weekends), and every wait is bounded.
 """
 
 from __future__ import annotations
