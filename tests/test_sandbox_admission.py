@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from ctrader_twisted import messages as m
@@ -160,3 +161,28 @@ class VersionBeforeAuthTests(SynchronousTestCase):
         assert isinstance(first.message, m.ProtoOAErrorRes)
         self.assertEqual((first.client_msg_id, second.client_msg_id), ("v", "a"))
         self.assertIsInstance(second.message, m.ProtoOAApplicationAuthRes)
+
+
+class AdmissionWithFaultsTests(SynchronousTestCase):
+    def test_refusals_are_written_at_once_under_response_delay(self) -> None:
+        factory = make_factory(SandboxConfig(max_connections=1, response_delay=5.0))
+        first = Wire(factory)
+        second = Wire(factory)
+        (error,) = second.received()
+        assert isinstance(error.message, m.ProtoOAErrorRes)
+        self.assertEqual(error.message.errorCode, "CONNECTIONS_LIMIT_EXCEEDED")
+        first.clock.advance(10)
+        codes = [e.message.errorCode for e in first.received()]  # type: ignore[union-attr]
+        self.assertEqual(codes, ["CH_CLIENT_NOT_AUTHENTICATED"])
+
+    def test_refused_connections_still_closing_do_not_count(self) -> None:
+        factory = make_factory(SandboxConfig(max_connections=1))
+        first = Wire(factory)
+        refused = factory.buildProtocol(None)
+        transport = StringTransport()  # its close never completes
+        refused.makeConnection(transport)
+        self.assertTrue(transport.disconnecting)
+        first.transport.loseConnection()
+        third = Wire(factory)
+        self.assertFalse(_closing(third))
+        self.assertEqual(factory.stats.connections_refused, 1)

@@ -120,11 +120,12 @@ class Session:
         self.flow.register(protocol.transport)
         self.factory.session_opened(self)
         cap = self.config.max_connections
-        if cap and self.factory.stats.connections_open > cap:
+        if cap and sum(not s.refused for s in self.factory.sessions) > cap:
+            # (connections refused earlier and still closing do not count)
             self.refused = True
             self.factory.stats.connections_refused += 1
             text = f"Limit of connections is reached ({cap} open)"
-            self.error("CONNECTIONS_LIMIT_EXCEEDED", text, None)
+            self.error("CONNECTIONS_LIMIT_EXCEEDED", text, None, at_once=True)
             self.close()
             return
         if self.config.app_auth_timeout > 0:
@@ -228,7 +229,7 @@ class Session:
         self.factory.stats.app_auth_timeouts += 1
         timeout = self.config.app_auth_timeout
         text = f"Open API application was not authorized within {timeout:g} s"
-        self.error("CH_CLIENT_NOT_AUTHENTICATED", text, None)
+        self.error("CH_CLIENT_NOT_AUTHENTICATED", text, None, at_once=True)
         self.close()
 
     # Sending
@@ -253,15 +254,20 @@ class Session:
         *,
         account_id: int | None = None,
         retry_after: int | None = None,
+        at_once: bool = False,
     ) -> None:
-        """Answer with a ``ProtoOAErrorRes``."""
+        """Answer with a ``ProtoOAErrorRes`` (``at_once``: written now, even under the
+        ``response_delay`` fault, because the connection is closed right after)."""
         res = m.ProtoOAErrorRes(errorCode=code, description=description)
         if account_id is not None:
             res.ctidTraderAccountId = account_id
         if retry_after is not None:
             res.retryAfter = retry_after
         self._count_error(code)
-        self.reply(res, cmid)
+        if at_once:
+            self._write(res, cmid)
+        else:
+            self.reply(res, cmid)
 
     def common_error(self, code: str, description: str, cmid: str | None) -> None:
         """Answer with a common ``ProtoErrorRes``."""
