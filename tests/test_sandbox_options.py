@@ -13,8 +13,8 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from ctrader_twisted.sandbox import SandboxConfig
-from ctrader_twisted.sandbox.config import FIELDS, ConfigError
+from ctrader_twisted.sandbox import ConfigError, SandboxConfig
+from ctrader_twisted.sandbox.config import FIELDS
 from ctrader_twisted.sandbox.tap import EXIT_USAGE, Options, _Number, run_sandbox
 
 BIN = Path(sys.executable).parent

@@ -20,12 +20,14 @@ from .config import (
     DEFAULT_CLIENT_SECRET,
     DEFAULT_PORT,
     DEFAULT_REFRESH_TOKEN,
+    ConfigError,
     SandboxConfig,
     default_state_dir,
 )
 from .server import RunningSandbox, SandboxFactory, SandboxStats, start_sandbox
 
 __all__ = [
+    "ConfigError",
     "DEFAULT_ACCESS_TOKEN",
     "DEFAULT_CLIENT_ID",
     "DEFAULT_CLIENT_SECRET",
