@@ -10,8 +10,9 @@ saturating its historical limit with MN1 requests while another measures simple 
 
 from __future__ import annotations
 
-import os
+import shutil
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -190,7 +191,7 @@ async def heavy_and_light(seconds: float = 4.0) -> tuple[list[float], int, int]:
         those refused.
     """
     config = SandboxConfig(seed=4, always_open=True)
-    state = Path(os.environ.get("TMPDIR", "/tmp")) / f"fairness-{os.getpid()}-{time.time_ns()}"
+    state = Path(tempfile.mkdtemp(prefix="ctrader-sandbox-fairness-"))
     running = await start_sandbox(reactor, config, state_dir=state)
     heavy = Peer()
     client = Client(
@@ -248,6 +249,7 @@ async def heavy_and_light(seconds: float = 4.0) -> tuple[list[float], int, int]:
         heavy.close()
         await client.stopService()
         await running.stop()
+        shutil.rmtree(state, True)
 
 
 class LoopbackFairnessTests(TestCase):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import math
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,7 @@ class InProcessTests(SynchronousTestCase):
         self.stderr = io.StringIO()
         self.patch(sys, "stderr", self.stderr)
         self.state = Path(tempfile.mkdtemp(prefix="ctrader-sandbox-options-"))
+        self.addCleanup(shutil.rmtree, self.state, True)
 
     def _line(self, *argv: str) -> tuple[int, list[str]]:
         self.stderr.seek(0)
@@ -102,6 +104,7 @@ class RealProcessTests(SynchronousTestCase):
 
     def _run_all(self, commands: list[list[str]]) -> list[tuple[int, str, str]]:
         cwd = tempfile.mkdtemp(prefix="ctrader-sandbox-options-")
+        self.addCleanup(shutil.rmtree, cwd, True)
         children = [
             subprocess.Popen(  # noqa: S603 - our own entry points
                 argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -120,6 +123,7 @@ class RealProcessTests(SynchronousTestCase):
 
     def test_both_entry_points(self) -> None:
         state = tempfile.mkdtemp(prefix="ctrader-sandbox-options-state-")
+        self.addCleanup(shutil.rmtree, state, True)
         commands, expected = [], []
         for option, value, words in REAL_PROCESS_CASES:
             tail = [f"{option}={value}", "--state-dir", state, "--port", "0"]
