@@ -135,9 +135,11 @@ class RecorderProcessTests(TestCase):
         self.state = self.directory / "state"
         self.db = self.directory / "market.sqlite3"
 
-    async def run_once(self, boundary: int, stop: signal.Signals, number: int) -> Shifted:
+    async def run_once(
+        self, boundary: int, stop: signal.Signals, number: int, extra: float = 0.0
+    ) -> Shifted:
         """Sandbox and recorder started ``LEAD`` s before ``boundary`` (shifted time), stopped
-        ``RUN_AFTER_BOUNDARY`` s after it, the recorder with ``stop``."""
+        ``RUN_AFTER_BOUNDARY`` (plus ``extra``) s after it, the recorder with ``stop``."""
         shifted = Shifted(self, self.directory, boundary - LEAD - 1.5 - time.time())
         sandbox, sandbox_log = shifted.start(
             f"sandbox-{number}",
@@ -155,7 +157,7 @@ class RecorderProcessTests(TestCase):
             "-p", ",".join(PERIODS), "-d", str(self.db), "--history", str(HISTORY),
             "--status-interval", "0",
         )  # fmt: skip
-        await shifted.until(boundary + RUN_AFTER_BOUNDARY)
+        await shifted.until(boundary + RUN_AFTER_BOUNDARY + extra)
         self.assertIsNone(recorder.poll(), recorder_log.read_text()[-3000:])
         recorder.send_signal(stop)
         status = await exited(recorder)
@@ -172,7 +174,7 @@ class RecorderProcessTests(TestCase):
         reach = first // 60 - 1 - HISTORY  # the recorder starts in the minute before it
         await self.run_once(first, signal.SIGKILL, 1)
         await self.run_once(first + 600, signal.SIGTERM, 2)
-        await self.run_once(first + 1200, signal.SIGTERM, 3)
+        await self.run_once(first + 1200, signal.SIGTERM, 3, extra=4.0)  # room on a busy box
         # Up to the last boundary: bars that closed at it may still wait for their confirmation
         # from history when the recorder stops (the next start would confirm them); every bar
         # before it came from history in the last run, after the race at that boundary.
