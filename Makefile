@@ -2,8 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Extras installed for the developer targets; .ci/run uses EXTRAS=test for its other Pythons.
-EXTRAS ?= test,docs
+# Extras installed for the developer targets; .ci/run's other legs need only the test extra.
+EXTRAS ?= test,dev,docs
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 RUNTIME_STAMP := $(VENV)/.installed-runtime
