@@ -19,15 +19,6 @@ from pathlib import Path
 from typing import Final
 
 from ._cli_errors import CliError, ExitCode
-from .sandbox.certs import CA_FILE
-from .sandbox.config import (
-    DEFAULT_ACCESS_TOKEN,
-    DEFAULT_CLIENT_ID,
-    DEFAULT_CLIENT_SECRET,
-    DEFAULT_PORT,
-    default_state_dir,
-)
-from .tls import DEMO_HOST, LIVE_HOST, PORT
 
 __all__ = [
     "ENVIRONMENTS",
@@ -157,6 +148,8 @@ def resolve_settings(
     :raises CliError: for an unknown environment, an unreadable config file or a malformed
         number (exit 2).
     """
+    from .tls import PORT
+
     environ = os.environ if environ is None else environ
     path = Path(config).expanduser() if config else default_config_path(environ)
     if config and not path.exists():
@@ -190,7 +183,19 @@ def resolve_settings(
 
 
 def _defaults(env: str) -> dict[str, str]:
+    """Built-in settings of ``env`` (the sandbox's modules are only imported for the sandbox)."""
+    from .tls import DEMO_HOST, LIVE_HOST, PORT
+
     if env == "sandbox":
+        from .sandbox.certs import CA_FILE
+        from .sandbox.config import (
+            DEFAULT_ACCESS_TOKEN,
+            DEFAULT_CLIENT_ID,
+            DEFAULT_CLIENT_SECRET,
+            DEFAULT_PORT,
+            default_state_dir,
+        )
+
         return {
             "host": "localhost",
             "port": str(DEFAULT_PORT),

@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import enum
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from twisted.internet.defer import CancelledError
-from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.internet.error import ConnectError, ConnectionClosed
-from twisted.python.failure import Failure
-
-from ._models_symbols import UnknownSymbol
 from .errors import (
     AccountAuthError,
     ApplicationAuthError,
@@ -22,6 +16,9 @@ from .errors import (
     ProtocolError,
     RequestTimeout,
 )
+
+if TYPE_CHECKING:
+    from twisted.python.failure import Failure
 
 __all__ = ["NOT_FOUND_CODES", "CliError", "ExitCode", "describe_failure"]
 
@@ -61,25 +58,37 @@ NOT_FOUND_CODES: Final = frozenset(
     }
 )
 
-_CLASSES: tuple[tuple[type[BaseException], ExitCode], ...] = (
-    (CliError, ExitCode.USAGE),  # replaced by the instance's own code below
-    (UnknownSymbol, ExitCode.NOT_FOUND),
-    (ApplicationAuthError, ExitCode.AUTH),
-    (AccountAuthError, ExitCode.AUTH),
-    (OrderError, ExitCode.ORDER_REJECTED),
-    (OpenApiError, ExitCode.API_ERROR),
-    (RequestTimeout, ExitCode.CONNECTION),
-    (NotConnected, ExitCode.CONNECTION),
-    (ConnectionLost, ExitCode.CONNECTION),
-    (ConnectError, ExitCode.CONNECTION),
-    (ConnectionClosed, ExitCode.CONNECTION),
-    (DeferredTimeout, ExitCode.CONNECTION),
-    (ProtocolError, ExitCode.API_ERROR),
-    (ValueError, ExitCode.USAGE),
-    (OSError, ExitCode.USAGE),
-    (KeyboardInterrupt, ExitCode.INTERRUPTED),
-    (CancelledError, ExitCode.INTERRUPTED),
-)
+
+def _classes() -> tuple[tuple[type[BaseException], ExitCode], ...]:
+    """Exception classes and their exit codes, most specific first.
+
+    (Built on use: Twisted's modules are not imported by ``ctrader-twisted --help``.)
+    """
+    from twisted.internet.defer import CancelledError
+    from twisted.internet.defer import TimeoutError as DeferredTimeout
+    from twisted.internet.error import ConnectError, ConnectionClosed
+
+    from ._models_symbols import UnknownSymbol
+
+    return (
+        (CliError, ExitCode.USAGE),  # replaced by the instance's own code below
+        (UnknownSymbol, ExitCode.NOT_FOUND),
+        (ApplicationAuthError, ExitCode.AUTH),
+        (AccountAuthError, ExitCode.AUTH),
+        (OrderError, ExitCode.ORDER_REJECTED),
+        (OpenApiError, ExitCode.API_ERROR),
+        (RequestTimeout, ExitCode.CONNECTION),
+        (NotConnected, ExitCode.CONNECTION),
+        (ConnectionLost, ExitCode.CONNECTION),
+        (ConnectError, ExitCode.CONNECTION),
+        (ConnectionClosed, ExitCode.CONNECTION),
+        (DeferredTimeout, ExitCode.CONNECTION),
+        (ProtocolError, ExitCode.API_ERROR),
+        (ValueError, ExitCode.USAGE),
+        (OSError, ExitCode.USAGE),
+        (KeyboardInterrupt, ExitCode.INTERRUPTED),
+        (CancelledError, ExitCode.INTERRUPTED),
+    )
 
 
 def describe_failure(error: BaseException | Failure) -> tuple[ExitCode, str]:
@@ -88,13 +97,15 @@ def describe_failure(error: BaseException | Failure) -> tuple[ExitCode, str]:
     Messages never include credentials: library errors name payload types and server error
     codes only.
     """
+    from twisted.python.failure import Failure
+
     exc = error.value if isinstance(error, Failure) else error
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, CliError):
         return exc.code, text
     if isinstance(exc, OpenApiError) and exc.code in NOT_FOUND_CODES:
         return ExitCode.NOT_FOUND, f"not found: {text}"
-    for cls, code in _CLASSES:
+    for cls, code in _classes():
         if isinstance(exc, cls):
             if code is ExitCode.AUTH:
                 text = f"authentication failed: {text}"

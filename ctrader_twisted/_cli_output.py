@@ -21,12 +21,10 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
-from rich.text import Text
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["Column", "Output", "StdoutClosed", "iso_time", "json_value", "stdout_gone"]
 
@@ -57,16 +55,21 @@ def stdout_gone() -> None:
         os.close(devnull)
 
 
-class _Console(Console):
+def _console(file: TextIO, *, width: int | None = None) -> Console:
     """A Rich console that reports a broken pipe instead of exiting.
 
     (Rich's own reaction, ``SystemExit(1)`` from inside ``print``, would escape the reactor's
-    callbacks as an unhandled error and end with the wrong status.)
+    callbacks as an unhandled error and end with the wrong status.)  Rich is imported here, on
+    first use, so that JSON output and ``--help`` do not load it.
     """
+    from rich.console import Console
 
-    def on_broken_pipe(self) -> None:
-        self.quiet = True
-        raise BrokenPipeError(errno.EPIPE, "the reader closed the pipe")
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError(errno.EPIPE, "the reader closed the pipe")
+
+    return _Console(file=file, highlight=False, width=width, soft_wrap=False)
 
 
 @contextmanager
@@ -122,10 +125,24 @@ class Output:
         self.json_mode = json_mode
         self._stdout = stdout
         self._stderr = stderr
-        wide = None if stdout.isatty() else 160
-        self._console = _Console(file=stdout, highlight=False, width=wide, soft_wrap=False)
-        self._err_console = _Console(file=stderr, highlight=False)
+        self._out_console: Console | None = None
+        self._error_console: Console | None = None
         self._interrupted = False
+
+    @property
+    def _console(self) -> Console:
+        """Rich console on stdout (160 columns when not a terminal), made on first use."""
+        if self._out_console is None:
+            wide = None if self._stdout.isatty() else 160
+            self._out_console = _console(self._stdout, width=wide)
+        return self._out_console
+
+    @property
+    def _err_console(self) -> Console:
+        """Rich console on stderr, made on first use."""
+        if self._error_console is None:
+            self._error_console = _console(self._stderr)
+        return self._error_console
 
     def emit(self, data: Row) -> None:
         """Write one JSON object line (JSON mode only; ignored otherwise)."""
@@ -153,6 +170,9 @@ class Output:
             return
         # The title is a line of its own, not the table's title: Rich wraps a table's title to
         # the table's width, so a narrow table (``ticks``) broke its caption over two lines.
+        from rich.table import Table
+        from rich.text import Text
+
         table = Table()
         for column in columns:
             table.add_column(column.header, justify="right" if column.numeric else "left")
@@ -193,6 +213,14 @@ class Output:
     @contextmanager
     def progress(self, description: str) -> Iterator[Callable[[float, int], None]]:
         """A progress bar on stderr; yields ``update(fraction, items)``."""
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         bar = Progress(
             TextColumn("{task.description}"),
             BarColumn(),

@@ -17,20 +17,27 @@ import os
 import sys
 import webbrowser
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, Final, TextIO, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, Final, TextIO, TypeAlias, cast
 from urllib.parse import urlsplit
-
-from twisted.internet.defer import Deferred
-from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.internet.interfaces import IReactorTCP, IReactorThreads, IReactorTime
-from twisted.internet.threads import deferToThreadPool
 
 from ctrader_twisted._cli_errors import CliError, ExitCode
 from ctrader_twisted._cli_validate import validate_options
+from ctrader_twisted._oauth_defaults import DEFAULT_BASE_URL, SCOPES
 from ctrader_twisted._oauth_errors import OAuthConnectionError, OAuthError, OAuthTimeout
 from ctrader_twisted.errors import CTraderError
-from ctrader_twisted.oauth import DEFAULT_BASE_URL, SCOPES, OAuthClient, RedirectCatcher, new_state
 from ctrader_twisted.tokens import TokenFileError, TokenStore, default_token_path
+
+# Twisted and the OAuth client (treq) are imported when a flow runs, so that building the
+# parser (``ctrader-twisted --help``) stays cheap.
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import IReactorTCP, IReactorThreads, IReactorTime
+
+    from ctrader_twisted.oauth import OAuthClient
+
+    class _Reactor(IReactorTCP, IReactorTime, IReactorThreads):
+        """The reactor capabilities the flows need (typing only; real reactors are cast)."""
+
 
 __all__ = [
     "CLIENT_ID_ENV",
@@ -51,10 +58,6 @@ CLIENT_SECRET_ENV: Final = "CTRADER_CLIENT_SECRET"  # noqa: S105 - a variable na
 DEFAULT_REDIRECT_URI: Final = "http://127.0.0.1:8765/callback"
 _REDIRECT_WAIT: Final = 300.0
 _Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
-
-
-class _Reactor(IReactorTCP, IReactorTime, IReactorThreads):
-    """The reactor capabilities the flows need (typing only; real reactors are cast to it)."""
 
 
 def _common_options(parser: argparse.ArgumentParser) -> None:
@@ -171,12 +174,14 @@ def _run(flow: Callable[[_Reactor], Deferred[int]]) -> int:
             raise SystemExit(status)
 
     try:
-        react(lambda reactor: flow(cast(_Reactor, reactor)).addCallback(exit_with))
+        react(lambda reactor: flow(cast("_Reactor", reactor)).addCallback(exit_with))
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else 1
 
 
 def _oauth_client(reactor: _Reactor, options: argparse.Namespace) -> OAuthClient:
+    from ctrader_twisted.oauth import OAuthClient
+
     if not options.client_id or not options.client_secret:
         raise OAuthError(
             "MISSING_CREDENTIALS",
@@ -202,10 +207,16 @@ def auth_flow(
     :returns: a Deferred that fires with the exit status (see :func:`exit_code`); it does not
         fail.
     """
+    from twisted.internet.defer import Deferred
+
     return Deferred.fromCoroutine(_guard(_auth(reactor, options, out), err or out))
 
 
 async def _auth(reactor: _Reactor, options: argparse.Namespace, out: TextIO) -> int:
+    from twisted.internet.threads import deferToThreadPool
+
+    from ctrader_twisted.oauth import RedirectCatcher, new_state
+
     validate_options(options)
     oauth = _oauth_client(reactor, options)
     target = urlsplit(options.redirect_uri)
@@ -248,6 +259,8 @@ def token_flow(
     :returns: a Deferred that fires with the exit status (see :func:`exit_code`; no stored
         token is missing credentials, 3); it does not fail.
     """
+    from twisted.internet.defer import Deferred
+
     return Deferred.fromCoroutine(_guard(_token(reactor, options, out), err or out))
 
 
@@ -280,6 +293,8 @@ def exit_code(error: BaseException) -> ExitCode:
     (3); an unreachable or silent OAuth server and a redirect that never came are connection
     failures (4); an unreadable token file and a bad redirect URI are usage errors (2).
     """
+    from twisted.internet.defer import TimeoutError as DeferredTimeout
+
     if isinstance(error, CliError):
         return error.code
     if isinstance(error, OAuthConnectionError | OAuthTimeout | DeferredTimeout):
@@ -292,6 +307,8 @@ def exit_code(error: BaseException) -> ExitCode:
 
 
 async def _guard(flow: Coroutine[Any, Any, int], err: TextIO) -> int:
+    from twisted.internet.defer import TimeoutError as DeferredTimeout
+
     try:
         return await flow
     except BrokenPipeError:  # ``ctrader-twisted token show | head -1``: nothing more to say

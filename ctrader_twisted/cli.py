@@ -16,18 +16,18 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, TextIO, TypeAlias, cast
 
-from twisted.internet.defer import Deferred
-
 from . import __version__
 from ._cli_config import ENVIRONMENTS, resolve_settings
 from ._cli_errors import CliError, ExitCode, describe_failure
 from ._cli_output import Output, StdoutClosed, stdout_gone
 from ._cli_parse import MAX_PRICE, MAX_UNITS, parse_decimal, parse_time
-from ._cli_reactor import CliReactor
 from ._cli_validate import validate_options
 from ._models_units import EPOCH, Period, QuoteSide, TradeSide
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # Twisted and the client are imported when a command runs, not for --help
+    from twisted.internet.defer import Deferred
+
+    from ._cli_reactor import CliReactor
     from ._cli_session import Context
 
 __all__ = ["build_parser", "execute", "main"]
@@ -303,6 +303,7 @@ def _main(argv: Sequence[str] | None, stdout: TextIO | None) -> int:
 
 
 def _react(options: argparse.Namespace, out: Output) -> int:
+    from twisted.internet.defer import Deferred
     from twisted.internet.task import react
 
     result: list[int] = []
@@ -318,7 +319,7 @@ def _react(options: argparse.Namespace, out: Output) -> int:
                 out.interrupt()
 
     def run(reactor: object) -> Deferred[None]:
-        cli_reactor = cast(CliReactor, reactor)
+        cli_reactor = cast("CliReactor", reactor)
         cli_reactor.addSystemEventTrigger("before", "shutdown", interrupted)
         return Deferred.fromCoroutine(execute(cli_reactor, options, out)).addCallback(finished)
 

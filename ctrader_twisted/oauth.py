@@ -36,6 +36,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 
+from ctrader_twisted import _oauth_defaults
 from ctrader_twisted._oauth_accounts import AccountKeeper, keep_client_authorized
 from ctrader_twisted._oauth_errors import (
     OAuthConnectionError,
@@ -74,11 +75,11 @@ __all__ = [
 ]
 
 #: Where the authorization page (``/apps/auth``) and token endpoint (``/apps/token``) live.
-DEFAULT_BASE_URL: Final = "https://openapi.ctrader.com"
+DEFAULT_BASE_URL: Final = _oauth_defaults.DEFAULT_BASE_URL
 #: Seconds allowed for one token-endpoint round trip (connect, request, body).
 DEFAULT_HTTP_TIMEOUT: Final = 30.0
 #: ``trading`` grants full access, ``accounts`` read-only access.
-SCOPES: Final = ("trading", "accounts")
+SCOPES: Final = _oauth_defaults.SCOPES
 _MAX_BODY: Final = 64 * 1024
 #: Longest token lifetime believed (about 100 years); beyond it ``expiresIn`` is nonsense.
 _MAX_EXPIRES_IN: Final = 100 * 365 * 86400

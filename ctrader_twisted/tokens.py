@@ -26,13 +26,13 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, TypeVar
-
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorThreads
-from twisted.internet.threads import deferToThreadPool
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from ctrader_twisted.errors import CTraderError
+
+if TYPE_CHECKING:  # Twisted is imported on use: the CLI's parser only needs the default path
+    from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import IReactorThreads
 
 __all__ = [
     "DEFAULT_TOKEN_PATH_ENV",
@@ -247,6 +247,8 @@ class TokenStore:
         return stat.S_IMODE(self.path.stat().st_mode)
 
     def _in_thread(self, work: Callable[[], _T]) -> Deferred[_T]:
+        from twisted.internet.threads import deferToThreadPool
+
         reactor = self._reactor
         if reactor is None:
             raise TypeError("TokenStore needs a reactor for load() and save(); use read()/write()")
