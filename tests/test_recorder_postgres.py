@@ -88,7 +88,8 @@ class PostgresStoreTests(PostgresTestCase):
             [
                 ("bars", "BASE TABLE"),
                 ("bars_decimal", "VIEW"),
-                ("depth", "BASE TABLE"),
+                ("depth", "VIEW"),  # over depth_changes (one row per depth event)
+                ("depth_changes", "BASE TABLE"),
                 ("spots", "BASE TABLE"),
                 ("symbols", "BASE TABLE"),
             ],

@@ -165,9 +165,12 @@ class BatchWriterTests(SynchronousTestCase):
         for n in range(3, 8):
             self.writer.add_spot(self.spot(n))
         self.assertEqual(len(self.store.calls), 1)
-        first = self.store.finish()
-        second = self.store.finish()
-        self.assertEqual([s.received_ms for s in first.spots + second.spots], list(range(8)))
+        batches = [self.store.finish() for _ in range(2)]  # capped at max_rows=3 each
+        self.clock.advance(0.5)  # the last, partial batch waits at most max_delay
+        batches.append(self.store.finish())
+        self.assertEqual([len(b) for b in batches], [3, 3, 2])
+        spots = [s.received_ms for b in batches for s in b.spots]
+        self.assertEqual(spots, list(range(8)))
         self.assertEqual(self.writer.rows_pending, 0)
 
     def test_bars_deduplicated_within_batch(self) -> None:

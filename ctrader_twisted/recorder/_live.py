@@ -7,9 +7,9 @@ from typing import Literal
 
 from ctrader_twisted import messages as m
 from ctrader_twisted._models_market import Bar, bar_from_trendbar
-from ctrader_twisted.recorder._rows import BarRow, DepthRow, SpotRow
+from ctrader_twisted.recorder._rows import BarRow, DepthChange, DepthRow, SpotRow
 
-__all__ = ["LiveBars", "bar_row", "depth_rows", "spot_row"]
+__all__ = ["LiveBars", "bar_row", "depth_change", "depth_rows", "spot_row"]
 
 
 def bar_row(symbol_id: int, bar: Bar, source: Literal["live", "history"]) -> BarRow:
@@ -48,6 +48,17 @@ def depth_rows(event: m.ProtoOADepthEvent, received_ms: int) -> list[DepthRow]:
     for quote_id in event.deletedQuotes:
         rows.append(DepthRow(event.symbolId, received_ms, quote_id, "delete", None, None))
     return rows
+
+
+def depth_change(event: m.ProtoOADepthEvent, received_ms: int) -> DepthChange:
+    """What one depth event changed: its new or changed quotes and its deleted quote ids."""
+    added: list[tuple[int, Literal["bid", "ask"], int, int]] = []
+    for quote in event.newQuotes:
+        if quote.HasField("bid"):
+            added.append((quote.id, "bid", quote.bid, quote.size))
+        else:
+            added.append((quote.id, "ask", quote.ask, quote.size))
+    return DepthChange(event.symbolId, received_ms, tuple(added), tuple(event.deletedQuotes))
 
 
 class LiveBars:

@@ -12,6 +12,7 @@ __all__ = [
     "PERIOD_MINUTES",
     "PERIOD_NAMES",
     "BarRow",
+    "DepthChange",
     "DepthRow",
     "SpotRow",
     "bar_close_minute",
@@ -94,6 +95,21 @@ class DepthRow:
     side: Literal["bid", "ask", "delete"]
     price: int | None
     size: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DepthChange:
+    """What one depth event changed, stored as one row.
+
+    :ivar added: the new or changed quotes, as ``(quote_id, side, price, size)``.
+    :ivar deleted: the ids of the removed quotes.  Within one event the removals apply first,
+        then the new quotes.
+    """
+
+    symbol_id: int
+    received_ms: int
+    added: tuple[tuple[int, Literal["bid", "ask"], int, int], ...]
+    deleted: tuple[int, ...]
 
 
 def bar_from_trendbar(

@@ -60,7 +60,7 @@ from ctrader_twisted._oauth_refresh import TokenRefresher
 from ctrader_twisted.errors import ApplicationAuthError, CTraderError, OpenApiError
 from ctrader_twisted.history import iter_trendbars
 from ctrader_twisted.recorder._fatal import is_fatal
-from ctrader_twisted.recorder._live import LiveBars, bar_row, depth_rows, spot_row
+from ctrader_twisted.recorder._live import LiveBars, bar_row, depth_change, spot_row
 from ctrader_twisted.recorder._rows import BarRow, bar_close_minute
 from ctrader_twisted.recorder._writer import BatchWriter
 from ctrader_twisted.recorder.storage import MarketStore, StorageError
@@ -113,9 +113,12 @@ class RecorderConfig:
     :ivar history_minutes: a series with no bar from history yet (a new database or symbol)
         is backfilled from this many minutes before now.
     :ivar status_interval: seconds between status lines.
-    :ivar max_batch_rows: a batch is written as soon as it holds this many rows (rows that
-        arrive while a write is running join the next batch, which may grow past this).
+    :ivar max_batch_rows: rows per batch (one transaction) at most; a batch is written as
+        soon as it is full (rows that arrive while a write is running queue up in further
+        batches).
     :ivar max_batch_delay: seconds a row may wait before its batch is written.
+    :ivar max_pending_rows: rows queued at most before depth changes are shed (counted and
+        logged); spots and bars are never shed.
     :ivar stop_timeout: seconds a stop waits for the database to take the queued rows; then it
         gives up, logs how many rows were not written, and completes.
     """
@@ -129,6 +132,7 @@ class RecorderConfig:
     status_interval: float = 60.0
     max_batch_rows: int = 1000
     max_batch_delay: float = 0.5
+    max_pending_rows: int = 200_000
     stop_timeout: float = 30.0
 
 
@@ -223,6 +227,7 @@ class Recorder(Service):
             self._clock,
             max_rows=self.config.max_batch_rows,
             max_delay=self.config.max_batch_delay,
+            max_pending=max(self.config.max_pending_rows, self.config.max_batch_rows),
         )
         self._removers.append(self._client.on(m.ProtoOASpotEvent, self._on_spot))
         self._removers.append(self._client.on(m.ProtoOADepthEvent, self._on_depth))
@@ -389,7 +394,7 @@ class Recorder(Service):
         if event.symbolId in self.symbol_ids:
             now_ms = self._now_ms()
             self._touch(now_ms, None)
-            self.writer.add_depth(depth_rows(event, now_ms))
+            self.writer.add_depth_change(depth_change(event, now_ms))
 
     def _touch(self, now_ms: int, server_ms: int | None) -> None:
         self.events_received += 1
@@ -542,12 +547,15 @@ class Recorder(Service):
         idle = None if self._last_event_at is None else now - self._last_event_at
         self._log.info(
             "Recorder status: {events} events received, {written} rows written, {pending} "
-            "pending, write lag {write_lag:.3f} s, feed lag {feed_lag} ms, {reconnects} "
+            "pending, write lag {write_lag:.3f} s, longest write {longest:.3f} s, {shed} depth "
+            "rows shed, feed lag {feed_lag} ms, {reconnects} "
             "reconnects, last event {idle} s ago",
             events=self.events_received,
             written=writer.rows_written if writer else 0,
             pending=writer.rows_pending if writer else 0,
             write_lag=writer.last_write_lag if writer else 0.0,
+            longest=writer.max_write_seconds if writer else 0.0,
+            shed=writer.depth_rows_shed if writer else 0,
             feed_lag=self._feed_lag_ms if self._feed_lag_ms is not None else "n/a",
             reconnects=self._client.reconnect_count,
             idle="n/a" if idle is None else f"{idle:.1f}",

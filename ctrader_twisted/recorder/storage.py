@@ -14,8 +14,15 @@ Schema (prices are integers in 1/100000 of a price unit, times are UTC):
 - ``bars(symbol_id, period, time_minutes, open, high, low, close, volume, source)`` with
   ``PRIMARY KEY (symbol_id, period, time_minutes)``; writes are upserts, so a bar stored twice
   (live and from history) is still one row, holding the latest version.
-- ``depth(id PK, symbol_id, received_ms, quote_id, side, price, size)``
+- ``depth_changes(id PK, symbol_id, received_ms, added, deleted)``: one row per depth event,
+  ``added`` a JSON list of ``[quote_id, "b"|"a", price, size]``, ``deleted`` a JSON list of
+  quote ids; the view ``depth(id, symbol_id, received_ms, quote_id, side, price, size)`` lists
+  them one quote per row (with the rows of the old ``depth`` table, renamed ``depth_v1`` on
+  start), and :meth:`MarketStore.depth_book` rebuilds the book at a time.
 - view ``bars_decimal``: ``bars`` with prices as decimals and the open time as text.
+
+Writes: SQLite ``executemany``; PostgreSQL ``COPY`` (bars through a temporary table and one
+upsert).  A live bar never replaces one stored from history.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import import_module
+from json import dumps
 from os import environ
 from pathlib import Path
 from typing import Final, Literal, NoReturn, Protocol, TypeVar, cast
@@ -34,7 +42,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ctrader_twisted.errors import CTraderError
-from ctrader_twisted.recorder._rows import BarRow, DepthRow, SpotRow
+from ctrader_twisted.recorder._rows import BarRow, DepthChange, DepthRow, SpotRow
 
 __all__ = [
     "Batch",
@@ -56,42 +64,101 @@ _TABLES: Final = (
     " time_minutes BIGINT NOT NULL, open BIGINT NOT NULL, high BIGINT NOT NULL,"
     " low BIGINT NOT NULL, close BIGINT NOT NULL, volume BIGINT NOT NULL,"
     " source TEXT NOT NULL, PRIMARY KEY (symbol_id, period, time_minutes))",
-    "CREATE TABLE IF NOT EXISTS depth (id {serial}, symbol_id BIGINT NOT NULL,"
-    " received_ms BIGINT NOT NULL, quote_id BIGINT NOT NULL, side TEXT NOT NULL,"
-    " price BIGINT, size BIGINT)",
-    "CREATE INDEX IF NOT EXISTS depth_by_symbol_time ON depth (symbol_id, received_ms)",
+    "CREATE TABLE IF NOT EXISTS depth_changes (id {serial}, symbol_id BIGINT NOT NULL,"
+    " received_ms BIGINT NOT NULL, added TEXT NOT NULL, deleted TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS depth_changes_by_symbol_time"
+    " ON depth_changes (symbol_id, received_ms)",
     "CREATE {view} bars_decimal AS SELECT b.symbol_id, s.name, b.period,"
     " {time_text} AS opened_utc, b.time_minutes,"
     " b.open / 100000.0 AS open, b.high / 100000.0 AS high, b.low / 100000.0 AS low,"
     " b.close / 100000.0 AS close, b.volume, b.source"
     " FROM bars b LEFT JOIN symbols s ON s.symbol_id = b.symbol_id",
 )
+#: The ``depth`` view: one row per quote a depth change added (``side`` bid/ask) or deleted
+#: (``side`` delete), with ``id`` the change's id, as the ``depth`` table of earlier versions
+#: held them (whose rows, kept in ``depth_v1``, it includes).
+_DEPTH_VIEW: Final = (
+    "CREATE VIEW depth AS"
+    " SELECT c.id, c.symbol_id, c.received_ms, {quote_id} AS quote_id,"
+    " CASE {side} WHEN 'b' THEN 'bid' ELSE 'ask' END AS side,"
+    " {price} AS price, {size} AS size"
+    " FROM depth_changes c {added}"
+    " UNION ALL"
+    " SELECT c.id, c.symbol_id, c.received_ms, {deleted_id}, 'delete', {null}, {null}"
+    " FROM depth_changes c {deleted}"
+)
+_DEPTH_V1: Final = (
+    " UNION ALL SELECT id, symbol_id, received_ms, quote_id, side, price, size FROM depth_v1"
+)
 _SQLITE: Final = {
     "serial": "INTEGER PRIMARY KEY",
     "view": "VIEW IF NOT EXISTS",
     "time_text": "datetime(b.time_minutes * 60, 'unixepoch')",
+    "quote_id": "json_extract(q.value, '$[0]')",
+    "side": "json_extract(q.value, '$[1]')",
+    "price": "json_extract(q.value, '$[2]')",
+    "size": "json_extract(q.value, '$[3]')",
+    "added": ", json_each(c.added) q",
+    "deleted_id": "d.value",
+    "deleted": ", json_each(c.deleted) d",
+    "null": "NULL",
+    "lock": "",
+    "kind": "SELECT type FROM sqlite_master WHERE name = ?",
 }
 _POSTGRES: Final = {
     "serial": "BIGSERIAL PRIMARY KEY",
     "view": "OR REPLACE VIEW",
     "time_text": "to_timestamp(b.time_minutes * 60)",
+    "quote_id": "(q.value ->> 0)::bigint",
+    "side": "q.value ->> 1",
+    "price": "(q.value ->> 2)::bigint",
+    "size": "(q.value ->> 3)::bigint",
+    "added": "CROSS JOIN LATERAL jsonb_array_elements(c.added::jsonb) AS q(value)",
+    "deleted_id": "d.value::bigint",
+    "deleted": "CROSS JOIN LATERAL jsonb_array_elements_text(c.deleted::jsonb) AS d(value)",
+    "null": "NULL::bigint",
+    # Recorders sharing one database create and migrate the schema one at a time.
+    "lock": "SELECT pg_advisory_xact_lock(hashtext('ctrader_twisted.recorder.schema'))",
+    "kind": "SELECT CASE relkind WHEN 'r' THEN 'table' WHEN 'v' THEN 'view' ELSE relkind::text"
+    " END FROM pg_class WHERE oid = to_regclass(%s)",
 }
 _PG_DEFAULTS: Final = (  # (libpq parameter, its environment variable, our default)
     ("connect_timeout", "PGCONNECT_TIMEOUT", 10),
     ("application_name", "PGAPPNAME", "ctrader-recorder"),
 )
-_UPSERT_BAR: Final = (
-    "INSERT INTO bars (symbol_id, period, time_minutes, open, high, low, close, volume, source)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (symbol_id, period, time_minutes) DO UPDATE"
+_BAR_COLUMNS: Final = "symbol_id, period, time_minutes, open, high, low, close, volume, source"
+#: A bar is one row per key whoever writes it; a newer version replaces it, but a live version
+#: never replaces one from history (history is final; the live one may lack quiet ticks).
+_ON_BAR_CONFLICT: Final = (
+    " ON CONFLICT (symbol_id, period, time_minutes) DO UPDATE"
     " SET open = excluded.open, high = excluded.high, low = excluded.low,"
     " close = excluded.close, volume = excluded.volume, source = excluded.source"
+    " WHERE bars.source = 'live' OR excluded.source = 'history'"
+)
+_UPSERT_BAR: Final = (
+    f"INSERT INTO bars ({_BAR_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?){_ON_BAR_CONFLICT}"  # noqa: S608
+)
+_PG_STAGE_BARS: Final = (
+    "CREATE TEMP TABLE IF NOT EXISTS bars_incoming (LIKE bars) ON COMMIT DELETE ROWS"
+)
+_PG_MERGE_BARS: Final = (
+    f"INSERT INTO bars ({_BAR_COLUMNS}) SELECT {_BAR_COLUMNS} FROM bars_incoming"  # noqa: S608
+    f" ORDER BY symbol_id, period, time_minutes{_ON_BAR_CONFLICT}"
 )
 _INSERT_SPOT: Final = (
     "INSERT INTO spots (symbol_id, received_ms, server_ms, bid, ask) VALUES (?, ?, ?, ?, ?)"
 )
-_INSERT_DEPTH: Final = (
-    "INSERT INTO depth (symbol_id, received_ms, quote_id, side, price, size)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
+_SPOT_COLUMNS: Final = "symbol_id, received_ms, server_ms, bid, ask"
+_DEPTH_COLUMNS: Final = "symbol_id, received_ms, added, deleted"
+_INSERT_DEPTH: Final = f"INSERT INTO depth_changes ({_DEPTH_COLUMNS}) VALUES (?, ?, ?, ?)"  # noqa: S608 - fixed
+#: The book of one symbol as of a time: per quote id its newest row (a change's deletions
+#: apply before its additions), kept if that row added the quote.
+_BOOK: Final = (
+    "SELECT quote_id, side, price, size FROM (SELECT quote_id, side, price, size,"
+    " ROW_NUMBER() OVER (PARTITION BY quote_id"
+    " ORDER BY received_ms DESC, id DESC, side = 'delete') AS newest"
+    " FROM depth WHERE symbol_id = ? AND received_ms <= ?) AS latest"
+    " WHERE newest = 1 AND side <> 'delete' ORDER BY side, price, quote_id"
 )
 _UPSERT_SYMBOL: Final = (
     "INSERT INTO symbols (symbol_id, name) VALUES (?, ?)"
@@ -119,16 +186,65 @@ class _Cursor(Protocol):
     def fetchall(self) -> list[Sequence[object]]: ...
 
 
+class _Copy(Protocol):
+    def __enter__(self) -> _Copy: ...
+    def __exit__(self, *exc: object) -> None: ...
+    def write_row(self, row: Sequence[object]) -> None: ...
+
+
+class _CopyCursor(_Cursor, Protocol):
+    def copy(self, statement: str) -> _Copy: ...
+
+
 @dataclass(slots=True)
 class Batch:
-    """Rows collected for one write.  Bars with the same key keep only the last version."""
+    """Rows collected for one write.  Bars with the same key keep only the last version.
+
+    ``depth`` holds depth in the old form (one row per quote); each such row is stored as a
+    change of its own.  ``depth_changes`` holds one row per depth event.
+    """
 
     spots: list[SpotRow] = field(default_factory=list)
     bars: dict[tuple[int, int, int], BarRow] = field(default_factory=dict)
     depth: list[DepthRow] = field(default_factory=list)
+    depth_changes: list[DepthChange] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.spots) + len(self.bars) + len(self.depth)
+        return len(self.spots) + len(self.bars) + len(self.depth) + len(self.depth_changes)
+
+
+def _change_row(change: DepthChange) -> tuple[int, int, str, str]:
+    added = [
+        [q, "b" if side == "bid" else "a", price, size] for q, side, price, size in change.added
+    ]
+    return (
+        change.symbol_id,
+        change.received_ms,
+        dumps(added, separators=(",", ":")),
+        dumps(list(change.deleted), separators=(",", ":")),
+    )
+
+
+def _single_change(row: DepthRow) -> DepthChange:
+    if row.side == "delete":
+        return DepthChange(row.symbol_id, row.received_ms, (), (row.quote_id,))
+    added = ((row.quote_id, row.side, row.price or 0, row.size or 0),)
+    return DepthChange(row.symbol_id, row.received_ms, added, ())
+
+
+def _rows_of(batch: Batch) -> tuple[list[tuple[object, ...]], ...]:
+    """The batch as plain tuples: spots, bars (in key order), depth changes."""
+    spots: list[tuple[object, ...]] = [
+        (s.symbol_id, s.received_ms, s.server_ms, s.bid, s.ask) for s in batch.spots
+    ]
+    bars: list[tuple[object, ...]] = [
+        (b.symbol_id, b.period, b.time_minutes, b.open, b.high, b.low, b.close, b.volume,
+         b.source)
+        for _, b in sorted(batch.bars.items())
+    ]  # fmt: skip
+    changes: list[tuple[object, ...]] = [_change_row(_single_change(d)) for d in batch.depth]
+    changes.extend(_change_row(c) for c in batch.depth_changes)
+    return spots, bars, changes
 
 
 class MarketStore:
@@ -141,9 +257,17 @@ class MarketStore:
 
     _log = Logger()
 
-    def __init__(self, pool: adbapi.ConnectionPool, *, placeholder: str, description: str) -> None:
+    def __init__(
+        self,
+        pool: adbapi.ConnectionPool,
+        *,
+        placeholder: str,
+        description: str,
+        copy: bool = False,
+    ) -> None:
         self._pool = pool
         self._placeholder = placeholder
+        self._copy = copy
         self.description = description
         self._closed = False
 
@@ -166,46 +290,81 @@ class MarketStore:
         raise StorageError(f"{self.description}: {type(error).__name__}: {error}") from error
 
     def create_schema(self, dialect: dict[str, str]) -> Deferred[None]:
-        """Create missing tables, indexes and the view.
+        """Create missing tables, indexes and views; migrate an older schema.
+
+        The ``depth`` table of earlier versions (one row per quote) is renamed ``depth_v1``
+        and kept; the ``depth`` view shows its rows and those of ``depth_changes`` alike.  On
+        PostgreSQL this runs under an advisory lock, so recorders sharing a database do it one
+        at a time.
 
         :returns: a Deferred firing with ``None`` when done; it fails with
             :class:`StorageError`.
         """
+        kind_sql = dialect["kind"]
+
+        def kind(cursor: _Cursor, name: str) -> str | None:
+            cursor.execute(kind_sql, (name,))
+            row = cursor.fetchone()
+            return None if row is None or row[0] is None else str(row[0])
 
         def work(cursor: _Cursor) -> None:
+            if dialect["lock"]:
+                cursor.execute(dialect["lock"])
+            if kind(cursor, "depth") == "table":
+                cursor.execute("ALTER TABLE depth RENAME TO depth_v1")
             for statement in _TABLES:
                 cursor.execute(statement.format(**dialect))
+            view = _DEPTH_VIEW.format(**dialect)
+            if kind(cursor, "depth_v1") == "table":
+                view += _DEPTH_V1
+            cursor.execute("DROP VIEW IF EXISTS depth")
+            cursor.execute(view)
 
         return self._run(work)
 
     def write(self, batch: Batch) -> Deferred[int]:
-        """Write ``batch`` in one transaction.
+        """Write ``batch`` in one transaction, in the pool's thread.
+
+        SQLite takes the rows with ``executemany``; PostgreSQL with ``COPY`` (bars through a
+        temporary table, then one upsert in key order, so recorders sharing the database
+        store each bar once and do not deadlock on them).
 
         :returns: a Deferred firing with the number of rows written; it fails with
             :class:`StorageError` (the transaction is rolled back, nothing of the batch is
             stored, unless the connection was lost while committing: then the commit may or may
             not have happened).
         """
-        spots = [(s.symbol_id, s.received_ms, s.server_ms, s.bid, s.ask) for s in batch.spots]
-        bars = [
-            (b.symbol_id, b.period, b.time_minutes, b.open, b.high, b.low, b.close, b.volume,
-             b.source)
-            for b in batch.bars.values()
-        ]  # fmt: skip
-        depth = [
-            (d.symbol_id, d.received_ms, d.quote_id, d.side, d.price, d.size) for d in batch.depth
-        ]
+        work = self._copy_batch if self._copy else self._insert_batch
+        return self._run(lambda cursor: work(cursor, batch))
 
-        def work(cursor: _Cursor) -> int:
-            if spots:
-                cursor.executemany(self._sql(_INSERT_SPOT), spots)
-            if bars:
-                cursor.executemany(self._sql(_UPSERT_BAR), bars)
-            if depth:
-                cursor.executemany(self._sql(_INSERT_DEPTH), depth)
-            return len(spots) + len(bars) + len(depth)
+    def _insert_batch(self, cursor: _Cursor, batch: Batch) -> int:
+        spots, bars, changes = _rows_of(batch)
+        if spots:
+            cursor.executemany(self._sql(_INSERT_SPOT), spots)
+        if bars:
+            cursor.executemany(self._sql(_UPSERT_BAR), bars)
+        if changes:
+            cursor.executemany(self._sql(_INSERT_DEPTH), changes)
+        return len(spots) + len(bars) + len(changes)
 
-        return self._run(work)
+    def _copy_batch(self, cursor: _Cursor, batch: Batch) -> int:
+        copying = cast(_CopyCursor, cursor)
+        spots, bars, changes = _rows_of(batch)
+        for sql, rows in (
+            (f"COPY spots ({_SPOT_COLUMNS}) FROM STDIN", spots),
+            (f"COPY depth_changes ({_DEPTH_COLUMNS}) FROM STDIN", changes),
+        ):
+            if rows:
+                with copying.copy(sql) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+        if bars:
+            cursor.execute(_PG_STAGE_BARS)
+            with copying.copy(f"COPY bars_incoming ({_BAR_COLUMNS}) FROM STDIN") as copy:
+                for row in bars:
+                    copy.write_row(row)
+            cursor.execute(_PG_MERGE_BARS)
+        return len(spots) + len(bars) + len(changes)
 
     def save_symbols(self, names: dict[int, str]) -> Deferred[None]:
         """Upsert symbol names (for the ``bars_decimal`` view and for readers).
@@ -292,6 +451,26 @@ class MarketStore:
 
         return self._run(work)
 
+    def depth_book(self, symbol_id: int, at_ms: int) -> Deferred[list[tuple[int, str, int, int]]]:
+        """The depth book of one symbol as the stored changes leave it at ``at_ms``.
+
+        Every quote added by a change received at or before ``at_ms`` and not deleted by a later
+        one (up to ``at_ms``); the query is the one ``docs/recorder.md`` shows.
+
+        :returns: a Deferred firing with ``(quote_id, side, price, size)`` tuples ordered by
+            side, price and id; it fails with :class:`StorageError`.
+        """
+        sql = self._sql(_BOOK)
+
+        def work(cursor: _Cursor) -> list[tuple[int, str, int, int]]:
+            cursor.execute(sql, (symbol_id, at_ms))
+            return [
+                (int(cast(int, q)), str(side), int(cast(int, p)), int(cast(int, z)))
+                for q, side, p, z in cursor.fetchall()
+            ]
+
+        return self._run(work)
+
     def close(self) -> Deferred[None]:
         """Close the connection and stop the worker thread (idempotent).
 
@@ -375,7 +554,7 @@ def open_postgres(reactor: IReactorCore, dsn: str) -> Deferred[MarketStore]:
         cp_noisy=False,
         **options,
     )
-    store = MarketStore(pool, placeholder="%s", description=_pg_description(params))
+    store = MarketStore(pool, placeholder="%s", description=_pg_description(params), copy=True)
     return _prepared(store, _POSTGRES, _postgres_permanent)
 
 
