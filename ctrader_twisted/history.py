@@ -1,12 +1,16 @@
 """Historical trendbars and ticks for any time range, paged within the server's limits.
 
-A range is cut into windows no longer than the server accepts in one request (the limits the
-schema documented before ``hasMore`` existed: 3.5 days of M1-M5 bars, one week of ticks, ...).
-Windows are fetched oldest first.  Inside a window the server answers with the newest chunk of
-the range and ``hasMore``; the next request keeps ``fromTimestamp`` and moves ``toTimestamp`` to
-the oldest item received (inclusive, and the items already held at that instant are dropped from
-the answer, so several ticks in one millisecond are neither lost nor repeated).  An empty answer
-that still says ``hasMore`` makes the pager split the rest of the window in two.
+A range is cut into segments, fetched oldest first: one window for ticks, up to
+:data:`SEGMENT_BARS` bar periods for trendbars (about 35 days of M1).  A segment is fetched
+newest first, and no request spans more than one window, the longest range the server accepts in
+one request (the limits the schema documented before ``hasMore`` existed: 3.5 days of M1-M5
+bars, one week of ticks, ...).  The server answers with the newest chunk of the request's range
+and ``hasMore``; the next request ends where the data already held begins and reaches back one
+window (or to the segment's start), so every answer but a segment's oldest can be a full page.
+For bars it ends just before the oldest bar held (one bar per timestamp); for ticks at the
+oldest tick held, inclusive, and the ticks already held at that instant are dropped from the
+answer, so several ticks in one millisecond are neither lost nor repeated.  An empty answer
+that still says ``hasMore`` makes the pager split the rest of the range in two.
 
 Requests are sent one at a time; the client's historical rate limiter (5 per second) paces them,
 so this module never sleeps.  Results come oldest first, without duplicates or gaps.
@@ -14,8 +18,8 @@ so this module never sleeps.  Results come oldest first, without duplicates or g
 Two forms for each kind of data:
 
 * ``fetch_trendbars`` / ``fetch_ticks``: a Deferred firing with the whole list;
-* ``iter_trendbars`` / ``iter_ticks``: async iterators of batches (one per window), for ranges too
-  large to hold at once; ``stream_trendbars`` / ``stream_ticks`` call a function per batch.
+* ``iter_trendbars`` / ``iter_ticks``: async iterators of batches (one per segment), for ranges
+  too large to hold at once; ``stream_trendbars`` / ``stream_ticks`` call a function per batch.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from .errors import ProtocolError
 
 __all__ = [
     "MAX_TIMESTAMP",
+    "SEGMENT_BARS",
     "TICK_WINDOW",
     "HistoryProgress",
     "ProgressCallback",
@@ -51,6 +56,10 @@ __all__ = [
 MAX_TIMESTAMP: Final = 2_147_483_646_000
 #: Longest range of ticks asked for in one request.
 TICK_WINDOW: Final = timedelta(weeks=1)
+#: Most bar periods one batch of :func:`iter_trendbars` spans (a range is walked in segments
+#: of this length, each fetched newest first and delivered oldest first): about 35 days of M1,
+#: at most 50,000 bars held at once.
+SEGMENT_BARS: Final = 50_000
 #: Consecutive answers without new data (but with ``hasMore``) tolerated before giving up.
 MAX_EMPTY_PAGES: Final = 64
 
@@ -60,6 +69,12 @@ _BAR_WINDOWS: Final = (
     (Period.D1, timedelta(milliseconds=31_622_400_000)),
     (Period.MN1, timedelta(milliseconds=158_112_000_000)),
 )
+
+
+def _bar_ms(period: Period) -> int:
+    """Length of one bar in milliseconds (31 days for ``MN1``)."""
+    duration = period.duration or timedelta(days=31)
+    return duration // timedelta(milliseconds=1)
 
 
 def trendbar_window(period: Period) -> timedelta:
@@ -96,7 +111,7 @@ _PageFetcher = Callable[[int, int], Awaitable[tuple[list[_T], bool]]]
 
 
 class _Pager(Generic[_T]):
-    """Walk a range window by window and page by page."""
+    """Walk a range segment by segment, and each segment newest first, page by page."""
 
     def __init__(
         self,
@@ -105,23 +120,30 @@ class _Pager(Generic[_T]):
         end_ms: int,
         window_ms: int,
         progress: ProgressCallback | None,
+        *,
+        segment_ms: int | None = None,
+        unique_times: bool = False,
     ) -> None:
         self._fetch: _PageFetcher[_T] = fetch
         self._start = start_ms
         self._end = min(end_ms, MAX_TIMESTAMP + 1)
         self._window = window_ms
+        self._segment = max(window_ms, segment_ms or window_ms)
+        # Bars: one per timestamp, so the next page ends just before the oldest one held.
+        # Ticks: several may share a millisecond, so it ends at it, inclusive (see below).
+        self._unique_times = unique_times
         self._progress = progress
         self._requests = 0
         self._received = 0
         self._empty_streak = 0
-        self._window_lo = self._window_hi = start_ms
+        self._segment_lo = self._segment_hi = start_ms
 
     async def batches(self) -> AsyncIterator[list[_T]]:
         lo = self._start
         while lo < self._end:
-            hi = min(lo + self._window, self._end) - 1
-            self._window_lo, self._window_hi = lo, hi
-            batch = await self._fetch_window(lo, hi)
+            hi = min(lo + self._segment, self._end) - 1
+            self._segment_lo, self._segment_hi = lo, hi
+            batch = await self._fetch_segment(lo, hi)
             self._report(hi + 1)
             if batch:
                 yield batch
@@ -129,36 +151,46 @@ class _Pager(Generic[_T]):
         if self._requests == 0:
             self._report(self._end)
 
-    async def _fetch_window(self, lo: int, hi: int) -> list[_T]:
+    async def _fetch_segment(self, lo: int, hi: int) -> list[_T]:
+        """Every item in ``[lo, hi]``, oldest first.
+
+        Each request spans at most one window and ends where the data already held begins, so
+        every answer but the segment's oldest can be a full page.
+        """
         pages: list[list[_T]] = []  # newest first
         pending = [(lo, hi)]  # a stack: the newest range is on top
         while pending:
             low, to = pending.pop()
             held = 0  # items already held whose timestamp equals ``to``
             while to >= low:
-                raw, more = await self._page(low, to)
+                start = max(low, to - self._window + 1)
+                raw, more = await self._page(start, to)
                 fresh = _drop_held(raw, to, held)
                 self._received += len(fresh)
-                self._report(self._window_lo + (self._window_hi - to))
+                self._report(self._segment_lo + (self._segment_hi - to))
                 if fresh:
                     self._empty_streak = 0
                     pages.append(fresh)
+                if not more:  # ``[start, to]`` is complete: on to the next older window
+                    to, held = start - 1, 0
+                    continue
+                if fresh:
                     oldest = fresh[0].timestamp_ms
+                    if self._unique_times:
+                        to = oldest - 1
+                        continue
                     held = _count_at(fresh, oldest) + (held if oldest == to else 0)
                     to = oldest
-                if not more:
-                    break
-                if fresh:
                     continue
                 self._no_progress()
                 if held:
                     to, held = to - 1, 0
-                elif to > low:
-                    middle = low + (to - low) // 2
+                elif to > start:
+                    middle = start + (to - start) // 2
                     pending += [(low, middle), (middle + 1, to)]
                     break
                 else:
-                    break
+                    to, held = start - 1, 0
         pages.reverse()
         return [item for page in pages for item in page]
 
@@ -225,8 +257,9 @@ def iter_trendbars(
         async for batch in iter_trendbars(client, account, 1, Period.M1, start, end):
             store(batch)
 
-    Each batch is non-empty and later than the one before.  Errors are raised from the
-    iteration as described in :func:`fetch_trendbars`.
+    Each batch is non-empty, later than the one before and spans at most
+    :data:`SEGMENT_BARS` periods, so a year of M1 bars is never held at once.  Errors are
+    raised from the iteration as described in :func:`fetch_trendbars`.
     """
     bar_period = Period(period)
     start_ms, end_ms = _range_ms(start, end)
@@ -245,7 +278,9 @@ def iter_trendbars(
         return bars, response.hasMore
 
     size = _window_ms(window if window is not None else trendbar_window(bar_period))
-    return _Pager(fetch, start_ms, end_ms, size, progress).batches()
+    segment = SEGMENT_BARS * _bar_ms(bar_period)
+    pager = _Pager(fetch, start_ms, end_ms, size, progress, segment_ms=segment, unique_times=True)
+    return pager.batches()
 
 
 def iter_ticks(

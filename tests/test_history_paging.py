@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -12,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from ctrader_twisted import messages as m
 from ctrader_twisted.errors import ProtocolError
 from ctrader_twisted.history import (
+    SEGMENT_BARS,
     HistoryProgress,
     fetch_ticks,
     fetch_trendbars,
@@ -56,9 +58,13 @@ class FakeHistoryServer:
         low, high = message.fromTimestamp, message.toTimestamp
         self.requests.append((low, high))
         if isinstance(message, m.ProtoOAGetTickDataReq):
-            inside = [t for t in self.ticks if low <= t[0] <= high]
+            first = bisect_left(self.ticks, (low, -1))
+            inside = self.ticks[first : bisect_left(self.ticks, (high + 1, -1))]
         else:
-            inside = [(b * MINUTE, b) for b in self.bar_minutes if low <= b * MINUTE <= high]
+            lo_min, hi_min = -(-low // MINUTE), high // MINUTE  # minutes stamped in range
+            first = bisect_left(self.bar_minutes, lo_min)
+            chosen = self.bar_minutes[first : bisect_right(self.bar_minutes, hi_min)]
+            inside = [(b * MINUTE, b) for b in chosen]
         page, more = inside[-self.chunk :], len(inside) > self.chunk
         if self.empty_pages or self.always_more:
             self.empty_pages = max(self.empty_pages - 1, 0)
@@ -179,7 +185,7 @@ class TrendbarPagingTests(SynchronousTestCase):
 
     def test_streaming_delivers_batches_in_order(self) -> None:
         first = minute_of(T0)
-        server = FakeHistoryServer(bar_minutes=list(range(first, first + 12000)), chunk=1000)
+        server = FakeHistoryServer(bar_minutes=list(range(first, first + 120_000)), chunk=1000)
         batches: list[int] = []
         times: list[datetime] = []
 
@@ -187,11 +193,12 @@ class TrendbarPagingTests(SynchronousTestCase):
             batches.append(len(batch))
             times.extend(b.time for b in batch)  # type: ignore[attr-defined]
 
-        end = T0 + timedelta(minutes=12000)
+        end = T0 + timedelta(minutes=120_000)
         total = stream_trendbars(iter_trendbars(server, 1, 1, Period.M1, T0, end), take)
-        self.assertEqual(self.successResultOf(total), 12000)
-        self.assertEqual(len(batches), 3)  # one per 3.5-day window
-        self.assertEqual(times, sorted(set(times)))
+        self.assertEqual(self.successResultOf(total), 120_000)
+        self.assertEqual(batches, [SEGMENT_BARS, SEGMENT_BARS, 20_000])  # one per segment
+        self.assertEqual(times, [T0 + timedelta(minutes=i) for i in range(120_000)])
+        self.assertEqual(len(server.requests), 120)  # every answer a full page
 
 
 class TickPagingTests(SynchronousTestCase):
