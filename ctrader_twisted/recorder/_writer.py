@@ -45,6 +45,7 @@ class _Chunk:
     number: int
     first_at: float
     batch: Batch = field(default_factory=Batch)
+    rows: int = 0  # len(batch), kept up to date by the writer
 
 
 class BatchWriter:
@@ -114,7 +115,7 @@ class BatchWriter:
     @property
     def rows_pending(self) -> int:
         """Rows queued or being written."""
-        return self._queued + (len(self._writing.batch) if self._writing is not None else 0)
+        return self._queued + (self._writing.rows if self._writing is not None else 0)
 
     @property
     def oldest_wait(self) -> float:
@@ -127,6 +128,7 @@ class BatchWriter:
         chunk = self._open_chunk()
         if chunk is not None:
             chunk.batch.spots.append(row)
+            chunk.rows += 1
             self._added(1)
 
     def add_bar(self, row: BarRow) -> None:
@@ -145,6 +147,7 @@ class BatchWriter:
             if not new:
                 del bars[row.key]  # the newer version goes last, after what it follows
             bars[row.key] = row
+            chunk.rows += 1 if new else 0
             self._added(1 if new else 0)
 
     def add_depth(self, rows: list[DepthRow]) -> None:
@@ -154,6 +157,7 @@ class BatchWriter:
         chunk = self._open_chunk()
         if chunk is not None:
             chunk.batch.depth.extend(rows)
+            chunk.rows += len(rows)
             self._added(len(rows))
 
     def add_depth_change(self, change: DepthChange) -> None:
@@ -163,6 +167,7 @@ class BatchWriter:
         chunk = self._open_chunk()
         if chunk is not None:
             chunk.batch.depth_changes.append(change)
+            chunk.rows += 1
             self._added(1)
 
     def flush(self) -> Deferred[None]:
@@ -214,7 +219,7 @@ class BatchWriter:
         """The chunk new rows go to (a new one when the newest is full); None once abandoned."""
         if self._abandoned:
             return None
-        if not self._chunks or len(self._chunks[-1].batch) >= self._max_rows:
+        if not self._chunks or self._chunks[-1].rows >= self._max_rows:
             self._numbered += 1
             self._chunks.append(_Chunk(self._numbered, self._clock.seconds()))
         return self._chunks[-1]
@@ -246,7 +251,7 @@ class BatchWriter:
             self.max_rows_pending = pending
         if self._writing is not None:
             return
-        if len(self._chunks) > 1 or len(self._chunks[0].batch) >= self._max_rows:
+        if len(self._chunks) > 1 or self._chunks[0].rows >= self._max_rows:
             self._start_write()
         elif self._timer is None:
             self._timer = self._clock.callLater(self._max_delay, self._timer_fired)
@@ -262,7 +267,7 @@ class BatchWriter:
             return
         self._cancel_timer()
         chunk = self._writing = self._chunks.popleft()
-        self._queued -= len(chunk.batch)
+        self._queued -= chunk.rows
         self._write_started_at = self._clock.seconds()
         d = self._store.write(chunk.batch)
         d.addCallbacks(self._written, self._failed, callbackArgs=(chunk,))
@@ -319,9 +324,9 @@ class BatchWriter:
     def _requeue(self, chunk: _Chunk) -> None:
         """Put a failed chunk back first, merged with the next one if both fit in one batch."""
         following = self._chunks[0] if self._chunks else None
-        if following is not None and len(chunk.batch) + len(following.batch) <= self._max_rows:
+        if following is not None and chunk.rows + following.rows <= self._max_rows:
             self._chunks.popleft()
-            self._queued -= len(following.batch)
+            self._queued -= following.rows
             newer = following.batch
             chunk.batch.spots.extend(newer.spots)
             chunk.batch.depth.extend(newer.depth)
@@ -330,7 +335,8 @@ class BatchWriter:
                 chunk.batch.bars.pop(key, None)
                 chunk.batch.bars[key] = row
             chunk.number = following.number
-        self._queued += len(chunk.batch)
+        chunk.rows = len(chunk.batch)
+        self._queued += chunk.rows
         self._chunks.appendleft(chunk)
 
     def _after_write(self) -> None:
@@ -338,7 +344,7 @@ class BatchWriter:
         self._waiters = [(t, d) for t, d in self._waiters if t > self._done]
         if self._chunks and (
             len(self._chunks) > 1
-            or len(self._chunks[0].batch) >= self._max_rows
+            or self._chunks[0].rows >= self._max_rows
             or self._waiters
             or self._clock.seconds() - self._chunks[0].first_at >= self._max_delay
         ):

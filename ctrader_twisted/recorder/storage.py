@@ -30,7 +30,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import import_module
-from json import dumps
 from os import environ
 from pathlib import Path
 from typing import Final, Literal, NoReturn, Protocol, TypeVar, cast
@@ -190,6 +189,7 @@ class _Copy(Protocol):
     def __enter__(self) -> _Copy: ...
     def __exit__(self, *exc: object) -> None: ...
     def write_row(self, row: Sequence[object]) -> None: ...
+    def write(self, data: str) -> None: ...
 
 
 class _CopyCursor(_Cursor, Protocol):
@@ -214,15 +214,36 @@ class Batch:
 
 
 def _change_row(change: DepthChange) -> tuple[int, int, str, str]:
-    added = [
-        [q, "b" if side == "bid" else "a", price, size] for q, side, price, size in change.added
-    ]
-    return (
-        change.symbol_id,
-        change.received_ms,
-        dumps(added, separators=(",", ":")),
-        dumps(list(change.deleted), separators=(",", ":")),
+    """The stored form of a change: ``added`` and ``deleted`` as compact JSON lists."""
+    added = ",".join(
+        f'[{quote_id},"{"b" if side == "bid" else "a"}",{price},{size}]'
+        for quote_id, side, price, size in change.added
     )
+    deleted = ",".join(map(str, change.deleted))
+    return (change.symbol_id, change.received_ms, f"[{added}]", f"[{deleted}]")
+
+
+_NULL: Final = "\\N"
+
+
+def _copy_text(batch: Batch) -> tuple[str, list[tuple[object, ...]], str]:
+    """Spots and depth changes as ``COPY`` text (integers and our JSON only: nothing to
+    escape), and the bars as tuples in key order."""
+    n = _NULL
+    spots = "".join(
+        f"{s.symbol_id}\t{s.received_ms}\t{n if s.server_ms is None else s.server_ms}"
+        f"\t{n if s.bid is None else s.bid}\t{n if s.ask is None else s.ask}\n"
+        for s in batch.spots
+    )
+    changes = [_change_row(_single_change(d)) for d in batch.depth]
+    changes.extend(_change_row(c) for c in batch.depth_changes)
+    text = "".join(f"{c[0]}\t{c[1]}\t{c[2]}\t{c[3]}\n" for c in changes)
+    bars: list[tuple[object, ...]] = [
+        (b.symbol_id, b.period, b.time_minutes, b.open, b.high, b.low, b.close, b.volume,
+         b.source)
+        for _, b in sorted(batch.bars.items())
+    ]  # fmt: skip
+    return spots, bars, text
 
 
 def _single_change(row: DepthRow) -> DepthChange:
@@ -349,22 +370,21 @@ class MarketStore:
 
     def _copy_batch(self, cursor: _Cursor, batch: Batch) -> int:
         copying = cast(_CopyCursor, cursor)
-        spots, bars, changes = _rows_of(batch)
-        for sql, rows in (
+        spots, bars, changes = _copy_text(batch)
+        for sql, text in (
             (f"COPY spots ({_SPOT_COLUMNS}) FROM STDIN", spots),
             (f"COPY depth_changes ({_DEPTH_COLUMNS}) FROM STDIN", changes),
         ):
-            if rows:
+            if text:
                 with copying.copy(sql) as copy:
-                    for row in rows:
-                        copy.write_row(row)
+                    copy.write(text)
         if bars:
             cursor.execute(_PG_STAGE_BARS)
             with copying.copy(f"COPY bars_incoming ({_BAR_COLUMNS}) FROM STDIN") as copy:
                 for row in bars:
                     copy.write_row(row)
             cursor.execute(_PG_MERGE_BARS)
-        return len(spots) + len(bars) + len(changes)
+        return len(batch)
 
     def save_symbols(self, names: dict[int, str]) -> Deferred[None]:
         """Upsert symbol names (for the ``bars_decimal`` view and for readers).
