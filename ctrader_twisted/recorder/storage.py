@@ -215,9 +215,8 @@ class Batch:
 
 def _change_row(change: DepthChange) -> tuple[int, int, str, str]:
     """The stored form of a change: ``added`` and ``deleted`` as compact JSON lists."""
-    added = ",".join(
-        f'[{quote_id},"{"b" if side == "bid" else "a"}",{price},{size}]'
-        for quote_id, side, price, size in change.added
+    added = ",".join(  # side "bid" -> "b", "ask" -> "a"
+        f'[{quote_id},"{side[0]}",{price},{size}]' for quote_id, side, price, size in change.added
     )
     deleted = ",".join(map(str, change.deleted))
     return (change.symbol_id, change.received_ms, f"[{added}]", f"[{deleted}]")
