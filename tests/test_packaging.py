@@ -9,6 +9,7 @@ Message classes must pickle under the names they are importable by.
 from __future__ import annotations
 
 import copy
+import os
 import pickle
 import re
 import signal
@@ -88,7 +89,10 @@ class TrialTempTests(SynchronousTestCase):
 def test_make_demo_installs_the_runtime_only(tmp_path: Path) -> None:
     """``make demo`` used to install the whole test toolchain (and so failed on Python 3.10)."""
     venv = tmp_path / "venv"
-    result = wheelenv.run(["make", "-n", "demo", f"VENV={venv}", "PYTHON=python3"], cwd=ROOT)
+    # Not make's own variables: under make test, a nested make would name its directory.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    command = ["make", "--no-print-directory", "-n", "demo", f"VENV={venv}", "PYTHON=python3"]
+    result = wheelenv.run(command, cwd=ROOT, env=env)
     installs = [
         line.split(" pip install ", 1)[1].split()
         for line in result.stdout.splitlines()
