@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from twisted.internet.task import LoopingCall
+from twisted.internet.interfaces import IDelayedCall
 
 from .. import messages as m
 from .catalogue import SYMBOLS, SymbolSpec
@@ -32,7 +32,7 @@ __all__ = ["HANDLERS", "MarketFeed"]
 QuoteListener = Callable[[SymbolSpec, int, int], None]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Subscription:
     """One account's spot subscription to one symbol on one connection."""
 
@@ -43,10 +43,20 @@ class _Subscription:
     bid: int = 0
     ask: int = 0
     periods: set[int] = field(default_factory=set)
-    depth: list[int] | None = None
+    #: Ids of the depth quotes last sent (``None``: no depth subscription).
+    depth: tuple[int, ...] | None = None
     #: An event was dropped while the client was not reading: re-send in full.
     stale: bool = False
     depth_stale: bool = False
+
+
+#: What makes two subscribers' spot events identical: account, bid sent, ask sent,
+#: timestamp sent, live-trendbar periods.
+_SpotKey = tuple[int, bool, bool, bool, tuple[int, ...]]
+#: A depth book: the new quotes' ids and the quotes.
+_Book = tuple[tuple[int, ...], list[m.ProtoOADepthQuote]]
+#: Frames waiting to be written at the end of a tick, per connection.
+_Batch = dict["Session", list[bytes]]
 
 
 class _LiveBars:
@@ -82,28 +92,98 @@ def merge_optional(bar: Bar | None, later: Bar | None) -> Bar | None:
 
 
 class MarketFeed:
-    """Every live subscription of a sandbox, and the timer that feeds them."""
+    """Every live subscription of a sandbox, and the timer that feeds them.
+
+    A tick costs one quote per active symbol, and for each symbol whose quote changed, one
+    encoding of its spot event (and depth event) per distinct kind of subscriber (account,
+    timestamps, trendbar periods, sides changed) plus one write per subscribed connection:
+    every subscriber of a symbol gets the same bytes, and a connection gets all of a tick's
+    frames in one write.
+    """
 
     def __init__(self, factory: SandboxFactory) -> None:
         self._factory = factory
         self._walk = factory.walk
+        #: symbol id -> (session, account id) -> subscription
         self._subs: dict[int, dict[tuple[Session, int], _Subscription]] = {}
+        #: session -> (symbol id, account id) -> subscription (the same objects)
+        self._by_session: dict[Session, dict[tuple[int, int], _Subscription]] = {}
         self._last: dict[int, tuple[int, int]] = {}
         self._bars = _LiveBars(factory.walk)
         self._depth_id = 0
         #: Symbols the order engine needs quotes for, and where it wants them.
         self.watched: set[int] = set()
         self.on_quote: QuoteListener | None = None
-        self._loop = LoopingCall(self.tick)
-        self._loop.clock = factory.clock
+        self._interval = factory.config.tick_interval
+        self._call: IDelayedCall | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the feed is ticking."""
+        return self._call is not None
 
     def start(self) -> None:
-        if not self._loop.running:
-            self._loop.start(self._factory.config.tick_interval, now=False)
+        """Tick every ``tick_interval`` from now on (the first tick one interval from now)."""
+        if self._call is None:
+            self._call = self._factory.clock.callLater(self._interval, self._run)
 
     def stop(self) -> None:
-        if self._loop.running:
-            self._loop.stop()
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _run(self) -> None:
+        assert self._call is not None
+        due = self._call.getTime()
+        self.tick(self._slot_start(due))
+        if self._call is not None and not self._call.active():  # (not stopped meanwhile)
+            self._call = self._next(due)
+
+    def _next(self, due: float) -> IDelayedCall:
+        """Schedule the tick after the one due at ``due``.
+
+        Unlike a ``LoopingCall``, a tick that ran late does not make the next one skip its
+        turn: the next is due one interval after the late one was due (at once if that has
+        passed), unless the feed is more than an interval behind.  When the interval is the
+        walk's tick spacing, ticks are kept on the walk's slot boundaries (the feed may have
+        started anywhere within a slot, and float sums drift), so that each tick reads the
+        next price even when the reactor wakes up to a millisecond late (``epoll`` waits in
+        whole milliseconds).
+        """
+        clock = self._factory.clock
+        now = clock.seconds()
+        interval = self._interval
+        due += interval
+        if due < now - interval:
+            due = now
+        if self._aligned and self._slot_start(due) is None:
+            due = self._boundary_after(due)
+        return clock.callLater(max(0.0, due - now), self._run)
+
+    @property
+    def _aligned(self) -> bool:
+        return abs(self._interval * 1000 - self._walk.tick_ms) < 1e-9
+
+    def _slot_start(self, due: float) -> int | None:
+        """The start (ms) of the walk's slot boundary within a small tolerance of ``due``
+        (a twentieth of the interval, at most 50 µs); ``None`` if there is none or ticks are
+        not on the slot grid."""
+        if not self._aligned:
+            return None
+        walk, ms = self._walk, round(due * 1000)
+        minute, slot = walk.slot_of(ms)
+        starts = [walk.slot_time(minute, slot), self._boundary_after(due) * 1000]
+        nearest = min(starts, key=lambda start: abs(start - due * 1000))
+        tolerance = min(self._interval / 20, 5e-5) * 1000
+        return int(nearest) if abs(nearest - due * 1000) <= tolerance else None
+
+    def _boundary_after(self, due: float) -> float:
+        """The first slot boundary of the walk after ``due`` (seconds)."""
+        walk = self._walk
+        minute, slot = walk.slot_of(int(due * 1000))
+        if slot + 1 < walk.slots:
+            return walk.slot_time(minute, slot + 1) / 1000
+        return (minute + 1) * 60.0
 
     # Subscriptions
 
@@ -113,7 +193,9 @@ class MarketFeed:
     def subscribe(self, session: Session, account_id: int, spec: SymbolSpec, stamps: bool) -> None:
         sub = _Subscription(session, account_id, spec, stamps)
         self._subs.setdefault(spec.symbol_id, {})[(session, account_id)] = sub
-        self._send_spot(sub, *self._factory.broker.quote(spec), first=True)
+        self._by_session.setdefault(session, {})[(spec.symbol_id, account_id)] = sub
+        bid, ask = self._factory.broker.quote(spec)
+        self._send(sub, self._spot(sub, bid, ask, self._factory.now_ms(), first=True))
 
     def unsubscribe(self, session: Session, account_id: int, symbol_id: int) -> None:
         subs = self._subs.get(symbol_id)
@@ -121,37 +203,45 @@ class MarketFeed:
             subs.pop((session, account_id), None)
             if not subs:
                 del self._subs[symbol_id]
+        own = self._by_session.get(session)
+        if own is not None:
+            own.pop((symbol_id, account_id), None)
+            if not own:
+                del self._by_session[session]
 
     def remove(self, session: Session, account_id: int | None = None) -> None:
         """Drop the subscriptions of one account (or all accounts) of ``session``."""
-        for symbol_id in list(self._subs):
-            for key in [k for k in self._subs[symbol_id] if k[0] is session]:
-                if account_id is None or key[1] == account_id:
-                    self.unsubscribe(session, key[1], symbol_id)
+        for symbol_id, owner in list(self._by_session.get(session, ())):
+            if account_id is None or owner == account_id:
+                self.unsubscribe(session, owner, symbol_id)
 
     def subscribe_depth(self, sub: _Subscription) -> None:
-        sub.depth = []
-        self._send_depth(sub, *self._factory.broker.quote(sub.spec))
+        sub.depth = ()
+        bid, ask = self._factory.broker.quote(sub.spec)
+        self._send(sub, self._depth(sub, self._new_book(sub.spec, bid, ask)))
 
     def resync(self, session: Session) -> None:
         """Catch up ``session`` after it resumed reading: for every subscription that lost an
         event, one spot event with both sides (and the bars in progress) and a new book."""
         now_ms = self._factory.now_ms()
-        for subs in list(self._subs.values()):
-            for (owner, _), sub in list(subs.items()):
-                if owner is not session or not (sub.stale or sub.depth_stale):
-                    continue
-                bid, ask = self._walk.quote_at(sub.spec, now_ms)
-                if sub.stale:
-                    self._send_spot(sub, bid, ask, first=True, bars={}, now_ms=now_ms)
-                if sub.depth_stale and sub.depth is not None:
-                    self._send_depth(sub, bid, ask)
+        for sub in list(self._by_session.get(session, {}).values()):
+            if not (sub.stale or sub.depth_stale):
+                continue
+            bid, ask = self._walk.quote_at(sub.spec, now_ms)
+            if sub.stale:
+                self._send(sub, self._spot(sub, bid, ask, now_ms, first=True, bars={}))
+            if sub.depth_stale and sub.depth is not None:
+                self._send(sub, self._depth(sub, self._new_book(sub.spec, bid, ask)))
 
     # Ticking
 
-    def tick(self) -> None:
-        """Send what changed since the last tick."""
+    def tick(self, slot_ms: int | None = None) -> None:
+        """Send what changed since the last tick (``slot_ms``: the start of the walk's slot
+        this tick is for, when the clock reads a little earlier)."""
         now_ms = self._factory.now_ms()
+        if slot_ms is not None and slot_ms > now_ms:
+            now_ms = slot_ms
+        batch: _Batch = {}
         for symbol_id in self._subs.keys() | self.watched:
             spec = SYMBOLS[symbol_id]
             quote = self._walk.quote_at(spec, now_ms)
@@ -161,70 +251,174 @@ class MarketFeed:
             bid, ask = quote
             subs = self._subs.get(symbol_id)
             if subs:
-                bars: dict[int, m.ProtoOATrendbar] = {}
-                for sub in list(subs.values()):
-                    self._send_spot(sub, bid, ask, bars=bars, now_ms=now_ms)
-                    if sub.depth is not None:
-                        self._send_depth(sub, bid, ask)
+                self._fan_out(spec, list(subs.values()), bid, ask, now_ms, batch)
             if self.on_quote is not None and symbol_id in self.watched:
+                self._write(batch)  # execution events follow the prices that caused them
                 self.on_quote(spec, bid, ask)
+        self._write(batch)
 
-    def _send_spot(
+    def _fan_out(
+        self,
+        spec: SymbolSpec,
+        subs: list[_Subscription],
+        bid: int,
+        ask: int,
+        now_ms: int,
+        batch: _Batch,
+    ) -> None:
+        """Queue one symbol's new quote for its subscribers: frames shared between the
+        subscribers that get identical events, encoded once."""
+        stats = self._factory.stats
+        spots: dict[_SpotKey, bytes] = {}
+        depths: dict[tuple[int, tuple[int, ...]], bytes] = {}
+        bars: dict[int, m.ProtoOATrendbar | None] = {}
+        book: _Book | None = None
+        for sub in subs:
+            session = sub.session
+            if session.flow.paused:
+                sub.stale = True
+                stats.market_events_dropped += 1
+                if sub.depth is not None:
+                    sub.depth_stale = True
+                    stats.market_events_dropped += 1
+                continue
+            spot = self._spot(sub, bid, ask, now_ms, bars=bars, frames=spots)
+            frames = batch.get(session)
+            if frames is None:
+                frames = batch[session] = []
+            if spot:
+                frames.append(spot)
+            if sub.depth is not None:
+                if book is None:
+                    book = self._new_book(spec, bid, ask)
+                depth = self._depth(sub, book, depths)
+                if depth:
+                    frames.append(depth)
+
+    def _write(self, batch: _Batch) -> None:
+        """Write the frames queued in ``batch``, one write per connection, and empty it."""
+        for session, frames in batch.items():
+            if frames:
+                session.push_frames(frames)
+        batch.clear()
+
+    def _send(self, sub: _Subscription, frame: bytes | None) -> None:
+        if frame:
+            sub.session.push_frames([frame])
+
+    def _spot(
         self,
         sub: _Subscription,
         bid: int,
         ask: int,
+        now_ms: int,
         *,
         first: bool = False,
-        bars: dict[int, m.ProtoOATrendbar] | None = None,
-        now_ms: int = 0,
-    ) -> None:
+        bars: dict[int, m.ProtoOATrendbar | None] | None = None,
+        frames: dict[_SpotKey, bytes] | None = None,
+    ) -> bytes | None:
+        """The spot frame ``sub`` gets for ``(bid, ask)``, noted as sent to it; ``None`` when
+        the client is not reading (dropped: ``sub`` becomes stale) or nothing changed for it.
+
+        ``bars`` caches the trendbars of this quote (``None``: no trendbars, as in the first
+        event of a subscription); ``frames`` caches the frames already encoded for it.
+        """
         if sub.session.flow.paused:
             sub.stale = True
             self._factory.stats.market_events_dropped += 1
-            return
+            return None
         first = first or sub.stale
-        event = m.ProtoOASpotEvent(ctidTraderAccountId=sub.account_id, symbolId=sub.spec.symbol_id)
-        if first or bid != sub.bid:
-            event.bid = sub.bid = bid
-        if first or ask != sub.ask:
-            event.ask = sub.ask = ask
-        if sub.timestamps:
-            event.timestamp = now_ms or self._factory.now_ms()
-        if sub.periods and bars is not None:
-            for period in sorted(sub.periods):
-                bar = bars.get(period)
-                if bar is None:
-                    current = self._bars.current(sub.spec, period, now_ms)
-                    if current is None:
-                        continue
-                    bar = bars[period] = trendbar_message(period, current)
-                event.trendbar.append(bar)
-        if not (first or event.HasField("bid") or event.HasField("ask") or event.trendbar):
-            return
-        sub.session.push(event)  # not paused: checked above, and nothing was written since
+        send_bid = first or bid != sub.bid
+        send_ask = first or ask != sub.ask
+        periods = tuple(sorted(sub.periods)) if sub.periods and bars is not None else ()
+        key = (sub.account_id, send_bid, send_ask, sub.timestamps, periods)
+        frame = frames.get(key) if frames is not None else None
+        if frame is None:
+            frame = self._encode_spot(sub, key, bid, ask, now_ms, bars)
+            if frames is not None:
+                frames[key] = frame
+        if not frame:
+            return None
+        if send_bid:
+            sub.bid = bid
+        if send_ask:
+            sub.ask = ask
         sub.stale = False
         self._factory.stats.spot_events_sent += 1
+        return frame
 
-    def _send_depth(self, sub: _Subscription, bid: int, ask: int) -> None:
-        if sub.session.flow.paused:
-            sub.depth_stale = True
-            self._factory.stats.market_events_dropped += 1
-            return
-        spec, levels = sub.spec, self._factory.config.depth_levels
-        event = m.ProtoOADepthEvent(ctidTraderAccountId=sub.account_id, symbolId=spec.symbol_id)
-        event.deletedQuotes.extend(sub.depth or ())
-        ids: list[int] = []
+    def _encode_spot(
+        self,
+        sub: _Subscription,
+        key: _SpotKey,
+        bid: int,
+        ask: int,
+        now_ms: int,
+        bars: dict[int, m.ProtoOATrendbar | None] | None,
+    ) -> bytes:
+        """The frame of the spot event ``key`` describes (empty if it would say nothing)."""
+        account_id, send_bid, send_ask, stamps, periods = key
+        event = m.ProtoOASpotEvent(ctidTraderAccountId=account_id, symbolId=sub.spec.symbol_id)
+        if send_bid:
+            event.bid = bid
+        if send_ask:
+            event.ask = ask
+        if stamps:
+            event.timestamp = now_ms
+        for period in periods:
+            assert bars is not None  # (no periods in the key without it)
+            if period not in bars:
+                current = self._bars.current(sub.spec, period, now_ms)
+                bars[period] = None if current is None else trendbar_message(period, current)
+            bar = bars[period]
+            if bar is not None:
+                event.trendbar.append(bar)
+        if not (send_bid or send_ask or event.trendbar):
+            return b""
+        return m.encode_frame(event)
+
+    def _new_book(self, spec: SymbolSpec, bid: int, ask: int) -> _Book:
+        """A depth book around ``(bid, ask)`` with fresh quote ids."""
+        levels = self._factory.config.depth_levels
         step = spec.point * max(1, spec.spread // 2)
+        ids: list[int] = []
+        quotes: list[m.ProtoOADepthQuote] = []
         for level in range(levels):
             size = (1 + mix64(bid, ask, level, spec.symbol_id) % 20) * spec.min_volume * 10
             for side, price in (("bid", bid - level * step), ("ask", ask + level * step)):
                 self._depth_id += 1
                 ids.append(self._depth_id)
-                quote = event.newQuotes.add(id=self._depth_id, size=size)
+                quote = m.ProtoOADepthQuote(id=self._depth_id, size=size)
                 setattr(quote, side, price)
-        sub.session.push(event)  # not paused: checked above
-        sub.depth, sub.depth_stale = ids, False
+                quotes.append(quote)
+        return tuple(ids), quotes
+
+    def _depth(
+        self,
+        sub: _Subscription,
+        book: _Book,
+        frames: dict[tuple[int, tuple[int, ...]], bytes] | None = None,
+    ) -> bytes | None:
+        """The depth frame replacing what ``sub`` last got with ``book``, noted as sent to it;
+        ``None`` when the client is not reading (dropped: ``sub`` becomes depth-stale)."""
+        if sub.session.flow.paused:
+            sub.depth_stale = True
+            self._factory.stats.market_events_dropped += 1
+            return None
+        key = (sub.account_id, sub.depth or ())
+        frame = frames.get(key) if frames is not None else None
+        if frame is None:
+            event = m.ProtoOADepthEvent(
+                ctidTraderAccountId=sub.account_id,
+                symbolId=sub.spec.symbol_id,
+                deletedQuotes=key[1],
+                newQuotes=book[1],
+            )
+            frame = m.encode_frame(event)
+            if frames is not None:
+                frames[key] = frame
+        sub.depth, sub.depth_stale = book[0], False
+        return frame
 
 
 def _validate(session: Session, account_id: int, ids: list[int], cmid: str | None) -> bool:

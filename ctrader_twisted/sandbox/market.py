@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import random
-from itertools import pairwise
 from typing import Final, NamedTuple
 
 from .catalogue import SymbolSpec, is_open
@@ -41,6 +40,8 @@ _CACHE_LIMIT: Final = 4096
 #: Least reach of a minute bar beyond its open and close, and least tick noise, in points.
 _MIN_REACH: Final = 2
 _MIN_NOISE: Final = 3.0
+#: Minutes of ticks kept (at 1 ms ticks, about 2 MiB each).
+_TICK_CACHE: Final = 64
 
 
 def mix64(a: int, b: int, c: int, d: int) -> int:
@@ -82,7 +83,9 @@ class PriceWalk:
         self.slots = -(-60_000 // self.tick_ms)
         self.always_open = always_open
         self._noise: dict[tuple[int, int, int], float] = {}
-        self._ticks: dict[tuple[int, int], list[int]] = {}
+        self._ticks: dict[tuple[int, int], _MinuteTicks] = {}
+        #: symbol id -> the bar in progress of the minute last asked for.
+        self._running: dict[int, _RunningBar] = {}
 
     # Time and schedule
 
@@ -161,45 +164,49 @@ class PriceWalk:
 
     def minute_ticks(self, spec: SymbolSpec, minute: int) -> list[int]:
         """The bid of every tick slot of ``minute``; cached for recent minutes."""
-        key = (spec.symbol_id, minute)
-        ticks = self._ticks.get(key)
-        if ticks is None:
-            if len(self._ticks) > 64:
-                self._ticks.clear()
-            ticks = self._make_ticks(spec, self.minute_bar(spec, minute))
-            self._ticks[key] = ticks
-        return ticks
+        return self._minute(spec, minute).upto(self.slots - 1)
 
-    def _make_ticks(self, spec: SymbolSpec, bar: MinuteBar) -> list[int]:
-        n = self.slots
-        rng = random.Random(mix64(self.seed, spec.symbol_id, 3000, bar.minute))
-        keys = {0: bar.open, n - 1: bar.close}
-        if n >= 4:
-            high_at, low_at = rng.sample(range(1, n - 1), 2)
-            keys[high_at] = bar.high
-            keys[low_at] = bar.low
-        points = sorted(keys.items())
-        point = spec.point
-        # Enough noise that consecutive ticks usually differ by a point or more, as a liquid
-        # market's quotes do (only changed prices become spot events).
-        noise = max((bar.high - bar.low) / 4.0, _MIN_NOISE * point)
-        ticks = [0] * n
-        for (i0, p0), (i1, p1) in pairwise(points):
-            ticks[i0] = p0
-            span = i1 - i0
-            for i in range(i0 + 1, i1):
-                guess = p0 + (p1 - p0) * (i - i0) / span + noise * (rng.random() - 0.5)
-                price = round(guess / point) * point
-                ticks[i] = min(bar.high, max(bar.low, price))
-        ticks[n - 1] = bar.close
+    def tick(self, spec: SymbolSpec, minute: int, slot: int) -> int:
+        """The bid of tick ``slot`` of ``minute`` (only the slots up to it are generated)."""
+        return self._minute(spec, minute).upto(slot)[slot]
+
+    def _minute(self, spec: SymbolSpec, minute: int) -> _MinuteTicks:
+        """The (partly generated) ticks of ``minute``, most recently used kept longest."""
+        key = (spec.symbol_id, minute)
+        cache = self._ticks
+        ticks = cache.pop(key, None)
+        if ticks is None:
+            if len(cache) >= _TICK_CACHE:
+                del cache[next(iter(cache))]
+            ticks = _MinuteTicks(self.seed, spec, self.minute_bar(spec, minute))
+        cache[key] = ticks
         return ticks
 
     def partial_bar(self, spec: SymbolSpec, minute: int, upto_slot: int) -> MinuteBar:
-        """The bar of ``minute`` made of its ticks up to and including ``upto_slot``."""
+        """The bar of ``minute`` made of its ticks up to and including ``upto_slot``.
+
+        The bar in progress is kept per symbol and extended by the ticks since the last call,
+        so following the clock costs O(1) per tick however many slots a minute has.
+        """
         if upto_slot >= self.slots - 1:
             return self.minute_bar(spec, minute)
-        ticks = self.minute_ticks(spec, minute)[: upto_slot + 1]
-        return MinuteBar(minute, ticks[0], max(ticks), min(ticks), ticks[-1], len(ticks))
+        upto_slot = max(0, upto_slot)
+        ticks = self._minute(spec, minute).upto(upto_slot)
+        running = self._running.get(spec.symbol_id)
+        if running is None or running.minute != minute or running.slot > upto_slot:
+            first = ticks[0]
+            fresh = _RunningBar(minute, 0, first, first, first)
+            if running is None or running.minute != minute:
+                self._running[spec.symbol_id] = fresh
+            running = fresh  # (an earlier slot than the one followed: computed on its own)
+        if running.slot < upto_slot:
+            later = ticks[running.slot + 1 : upto_slot + 1]
+            running.high = max(running.high, max(later))
+            running.low = min(running.low, min(later))
+            running.slot = upto_slot
+        return MinuteBar(
+            minute, running.open, running.high, running.low, ticks[upto_slot], upto_slot + 1
+        )
 
     def last_open_minute(self, spec: SymbolSpec, minute: int, limit: int = 20_160) -> int:
         """The latest minute at or before ``minute`` when ``spec`` traded (``minute`` itself
@@ -215,5 +222,79 @@ class PriceWalk:
         if not self.is_open(spec, minute):
             minute = self.last_open_minute(spec, minute)
             slot = self.slots - 1
-        bid = self.minute_ticks(spec, minute)[slot]
+        bid = self.tick(spec, minute, slot)
         return bid, bid + self.spread(spec, minute)
+
+
+class _RunningBar:
+    """The bar in progress of one symbol's minute, up to and including tick ``slot``."""
+
+    __slots__ = ("high", "low", "minute", "open", "slot")
+
+    def __init__(self, minute: int, slot: int, open_: int, high: int, low: int) -> None:
+        self.minute = minute
+        self.slot = slot
+        self.open = open_
+        self.high = high
+        self.low = low
+
+
+class _MinuteTicks:
+    """The ticks of one minute, generated in slot order only as far as they are asked for.
+
+    The random draws are taken in slot order, so generating the minute piece by piece gives
+    exactly the ticks of generating it at once; a live feed pays for each tick as the clock
+    reaches it instead of for the whole minute at its first tick.  The ticks open, close and
+    touch the high and low of the bar exactly.
+    """
+
+    __slots__ = ("_bar", "_noise", "_point", "_points", "_rng", "_segment", "ticks")
+
+    def __init__(self, seed: int, spec: SymbolSpec, bar: MinuteBar) -> None:
+        n = bar.volume
+        rng = random.Random(mix64(seed, spec.symbol_id, 3000, bar.minute))
+        keys = {0: bar.open, n - 1: bar.close}
+        if n >= 4:
+            high_at, low_at = rng.sample(range(1, n - 1), 2)
+            keys[high_at] = bar.high
+            keys[low_at] = bar.low
+        self._rng = rng
+        self._bar = bar
+        self._points = sorted(keys.items())
+        self._point = spec.point
+        # Enough noise that consecutive ticks usually differ by a point or more, as a liquid
+        # market's quotes do (only changed prices become spot events).
+        self._noise = max((bar.high - bar.low) / 4.0, _MIN_NOISE * spec.point)
+        self._segment = 0
+        #: The ticks generated so far, from slot 0.
+        self.ticks: list[int] = []
+
+    def upto(self, slot: int) -> list[int]:
+        """The ticks, generated at least up to ``slot`` (or to the end of the minute)."""
+        ticks, bar = self.ticks, self._bar
+        slot = min(slot, bar.volume - 1)
+        points, last = self._points, len(self._points) - 1
+        while len(ticks) <= slot:
+            if self._segment >= last:
+                ticks.append(bar.close)  # the minute's last slot
+                continue
+            (i0, p0), (i1, p1) = points[self._segment], points[self._segment + 1]
+            if len(ticks) == i0:
+                ticks.append(p0)
+            stop = min(i1, slot + 1)
+            if len(ticks) < stop:
+                ticks.extend(self._between(len(ticks), stop, i0, p0, i1, p1))
+            if len(ticks) == i1:
+                self._segment += 1
+        return ticks
+
+    def _between(self, begin: int, end: int, i0: int, p0: int, i1: int, p1: int) -> list[int]:
+        """Ticks ``begin..end-1`` of the stretch from key point ``(i0, p0)`` to ``(i1, p1)``."""
+        random_ = self._rng.random
+        noise, point, span = self._noise, self._point, i1 - i0
+        high, low, rise = self._bar.high, self._bar.low, p1 - p0
+        out = []
+        for i in range(begin, end):
+            price = round((p0 + rise * (i - i0) / span + noise * (random_() - 0.5)) / point) * point
+            out.append(min(high, max(low, price)))
+        return out

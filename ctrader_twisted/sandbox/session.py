@@ -9,7 +9,7 @@ account authorization; then hands the request to the handler registered for its 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from google.protobuf.message import Message
@@ -245,6 +245,21 @@ class Session:
     def push(self, message: Message) -> None:
         """Send an unsolicited event at once."""
         self._write(message, None)
+
+    def push_frames(self, frames: Sequence[bytes]) -> None:
+        """Send unsolicited events already framed (length prefix included) in one write.
+
+        The market feed encodes an event once and hands the same bytes to every subscriber.
+        """
+        protocol = self.protocol
+        if self.stalled or self.closed or protocol is None or protocol.transport is None:
+            return
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        protocol.transport.write(data)
+        protocol.frames_sent += len(frames)
+        protocol.last_sent = self.clock.seconds()
+        self.factory.stats.frames_sent += len(frames)
+        self.flow.wrote(len(data))
 
     def error(
         self,
