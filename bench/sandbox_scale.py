@@ -105,9 +105,9 @@ def _serve(args: argparse.Namespace) -> None:
     state = {"counting": False, "mark": 0.0, "cpu": 0.0}
     original = MarketFeed.tick
 
-    def tick(self: MarketFeed) -> None:
+    def tick(self: MarketFeed, *args: Any) -> None:
         begin = time.perf_counter()
-        original(self)
+        original(self, *args)
         if state["counting"]:
             durations.append(time.perf_counter() - begin)
 

@@ -116,6 +116,7 @@ class MarketFeed:
         self.on_quote: QuoteListener | None = None
         self._interval = factory.config.tick_interval
         self._call: IDelayedCall | None = None
+        self._due = 0.0
 
     @property
     def running(self) -> bool:
@@ -125,7 +126,9 @@ class MarketFeed:
     def start(self) -> None:
         """Tick every ``tick_interval`` from now on (the first tick one interval from now)."""
         if self._call is None:
-            self._call = self._factory.clock.callLater(self._interval, self._run)
+            clock = self._factory.clock
+            self._due = clock.seconds() + self._interval
+            self._call = clock.callLater(self._interval, self._run)
 
     def stop(self) -> None:
         call, self._call = self._call, None
@@ -133,10 +136,9 @@ class MarketFeed:
             call.cancel()
 
     def _run(self) -> None:
-        assert self._call is not None
-        due = self._call.getTime()
+        call, due = self._call, self._due
         self.tick(self._slot_start(due))
-        if self._call is not None and not self._call.active():  # (not stopped meanwhile)
+        if self._call is call:  # (not stopped, or stopped and started again, meanwhile)
             self._call = self._next(due)
 
     def _next(self, due: float) -> IDelayedCall:
@@ -146,7 +148,7 @@ class MarketFeed:
         turn: the next is due one interval after the late one was due (at once if that has
         passed), unless the feed is more than an interval behind.  When the interval is the
         walk's tick spacing, ticks are kept on the walk's slot boundaries (the feed may have
-        started anywhere within a slot, and float sums drift), so that each tick reads the
+        started anywhere within a slot, and sums of floats drift), so that each tick reads the
         next price even when the reactor wakes up to a millisecond late (``epoll`` waits in
         whole milliseconds).
         """
@@ -157,7 +159,8 @@ class MarketFeed:
         if due < now - interval:
             due = now
         if self._aligned and self._slot_start(due) is None:
-            due = self._boundary_after(due)
+            due = self._nearest_boundary(due)
+        self._due = due
         return clock.callLater(max(0.0, due - now), self._run)
 
     @property
@@ -165,25 +168,24 @@ class MarketFeed:
         return abs(self._interval * 1000 - self._walk.tick_ms) < 1e-9
 
     def _slot_start(self, due: float) -> int | None:
-        """The start (ms) of the walk's slot boundary within a small tolerance of ``due``
-        (a twentieth of the interval, at most 50 µs); ``None`` if there is none or ticks are
-        not on the slot grid."""
+        """The slot boundary of the walk (ms) within a small tolerance of ``due`` (a
+        twentieth of the interval, at most 50 µs); ``None`` if there is none or ticks are
+        not on the walk's slots."""
         if not self._aligned:
             return None
-        walk, ms = self._walk, round(due * 1000)
-        minute, slot = walk.slot_of(ms)
-        starts = [walk.slot_time(minute, slot), self._boundary_after(due) * 1000]
-        nearest = min(starts, key=lambda start: abs(start - due * 1000))
-        tolerance = min(self._interval / 20, 5e-5) * 1000
-        return int(nearest) if abs(nearest - due * 1000) <= tolerance else None
+        boundary = self._nearest_boundary(due)
+        tolerance = min(self._interval / 20, 5e-5)
+        return round(boundary * 1000) if abs(boundary - due) <= tolerance else None
 
-    def _boundary_after(self, due: float) -> float:
-        """The first slot boundary of the walk after ``due`` (seconds)."""
+    def _nearest_boundary(self, due: float) -> float:
+        """The slot boundary of the walk nearest to ``due`` (seconds)."""
         walk = self._walk
         minute, slot = walk.slot_of(int(due * 1000))
-        if slot + 1 < walk.slots:
-            return walk.slot_time(minute, slot + 1) / 1000
-        return (minute + 1) * 60.0
+        start = walk.slot_time(minute, slot) / 1000
+        end = (
+            walk.slot_time(minute, slot + 1) / 1000 if slot + 1 < walk.slots else minute * 60.0 + 60
+        )
+        return start if due - start <= end - due else end
 
     # Subscriptions
 
