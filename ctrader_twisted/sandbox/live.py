@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 __all__ = ["HANDLERS", "MarketFeed"]
 
 QuoteListener = Callable[[SymbolSpec, int, int], None]
+#: How far behind (seconds) the feed still sends the ticks it missed, one after the other.
+_CATCH_UP: Final = 0.005
 
 
 @dataclass(slots=True, eq=False)
@@ -146,17 +148,18 @@ class MarketFeed:
 
         Unlike a ``LoopingCall``, a tick that ran late does not make the next one skip its
         turn: the next is due one interval after the late one was due (at once if that has
-        passed), unless the feed is more than an interval behind.  When the interval is the
-        walk's tick spacing, ticks are kept on the walk's slot boundaries (the feed may have
-        started anywhere within a slot, and sums of floats drift), so that each tick reads the
-        next price even when the reactor wakes up to a millisecond late (``epoll`` waits in
-        whole milliseconds).
+        passed), unless the feed is more than an interval (and 5 ms) behind.  When the
+        interval is the walk's tick spacing, ticks are kept on the walk's slot boundaries (the
+        feed may have started anywhere within a slot, and sums of floats drift) and each tick
+        sends the price of its own slot, so that every price reaches the subscribers even when
+        the reactor wakes up a few milliseconds late (``epoll`` waits in whole milliseconds,
+        and a busy machine schedules the process late).
         """
         clock = self._factory.clock
         now = clock.seconds()
         interval = self._interval
         due += interval
-        if due < now - interval:
+        if due < now - max(interval, _CATCH_UP):
             due = now
         if self._aligned and self._slot_start(due) is None:
             due = self._nearest_boundary(due)
@@ -238,11 +241,9 @@ class MarketFeed:
     # Ticking
 
     def tick(self, slot_ms: int | None = None) -> None:
-        """Send what changed since the last tick (``slot_ms``: the start of the walk's slot
-        this tick is for, when the clock reads a little earlier)."""
-        now_ms = self._factory.now_ms()
-        if slot_ms is not None and slot_ms > now_ms:
-            now_ms = slot_ms
+        """Send what changed since the last tick: the prices at ``slot_ms`` (the start of the
+        walk's slot this tick is for; the time the spot events carry), or now."""
+        now_ms = self._factory.now_ms() if slot_ms is None else slot_ms
         batch: _Batch = {}
         for symbol_id in self._subs.keys() | self.watched:
             spec = SYMBOLS[symbol_id]
