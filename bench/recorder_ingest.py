@@ -58,30 +58,48 @@ CLI = ("-c", "import sys; from ctrader_twisted.cli import main; sys.exit(main(sy
 # Synthetic rows (the recorder's shapes)
 
 
-def synthetic_rows(events: int) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[Any]]:
-    """Spot rows, depth-change rows (as stored) and bars for ``events`` events."""
-    from ctrader_twisted.recorder._rows import BarRow, DepthChange
-    from ctrader_twisted.recorder.storage import _change_row
+def legacy() -> bool:
+    """Whether the recorder here is the one before depth changes (one row per quote)."""
+    from ctrader_twisted.recorder import storage
 
-    spots: list[tuple[Any, ...]] = []
-    changes: list[tuple[Any, ...]] = []
-    bars: list[Any] = []
+    return not hasattr(storage, "_change_row")
+
+
+def synthetic_events(events: int) -> list[tuple[Any, ...]]:
+    """Per event: symbol, received ms, bid, the quotes added, the ids deleted (as the sandbox
+    sends depth: the previous 10 quotes deleted, 10 new ones)."""
+    out = []
     ids = 0
     for n in range(events):
         symbol = 1 + n % SYMBOLS
         bid = 110_000 + (n * 7919) % 500
-        received = 1_700_000_000_000 + n
-        spots.append((symbol, received, received - 3, bid, bid + 12))
         added = []
         for level in range(5):
             ids += 2
             added.append((ids - 1, "bid", bid - level, 100_000 * (level + 1)))
             added.append((ids, "ask", bid + 12 + level, 100_000 * (level + 1)))
         deleted = tuple(range(ids - 29, ids - 9)) if ids > 20 else ()
-        changes.append(_change_row(DepthChange(symbol, received, tuple(added), deleted)))
-        if n % 1000 == 0:
-            bars.append(BarRow(symbol, 1, n // 1000, bid, bid + 9, bid - 9, bid + 1, 50, "live"))
-    return spots, changes, bars
+        out.append((symbol, 1_700_000_000_000 + n, bid, tuple(added), deleted))
+    return out
+
+
+def stored_rows(events: int) -> tuple[list[tuple[Any, ...]], list[list[tuple[Any, ...]]]]:
+    """The spot rows and, per event, the depth rows the recorder here stores."""
+    spots: list[tuple[Any, ...]] = []
+    depth: list[list[tuple[Any, ...]]] = []
+    old = legacy()
+    if not old:
+        from ctrader_twisted.recorder._rows import DepthChange
+        from ctrader_twisted.recorder.storage import _change_row
+    for symbol, received, bid, added, deleted in synthetic_events(events):
+        spots.append((symbol, received, received - 3, bid, bid + 12))
+        if old:
+            rows = [(symbol, received, q, side, price, size) for q, side, price, size in added]
+            rows.extend((symbol, received, q, "delete", None, None) for q in deleted)
+            depth.append(rows)
+        else:
+            depth.append([_change_row(DepthChange(symbol, received, added, deleted))])
+    return spots, depth
 
 
 # Databases
@@ -140,11 +158,18 @@ class SQLite(Database):
             " VALUES (?, ?, ?, ?, ?)",
             spots,
         )
-        connection.executemany(
-            "INSERT INTO depth_changes (symbol_id, received_ms, added, deleted)"
-            " VALUES (?, ?, ?, ?)",
-            changes,
-        )
+        if legacy():
+            connection.executemany(
+                "INSERT INTO depth (symbol_id, received_ms, quote_id, side, price, size)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                changes,
+            )
+        else:
+            connection.executemany(
+                "INSERT INTO depth_changes (symbol_id, received_ms, added, deleted)"
+                " VALUES (?, ?, ?, ?)",
+                changes,
+            )
         connection.commit()
 
 
@@ -202,7 +227,9 @@ class Postgres(Database):
                 for row in spots:
                     copy.write_row(row)
             with cursor.copy(
-                "COPY depth_changes (symbol_id, received_ms, added, deleted) FROM STDIN"
+                "COPY depth (symbol_id, received_ms, quote_id, side, price, size) FROM STDIN"
+                if legacy()
+                else "COPY depth_changes (symbol_id, received_ms, added, deleted) FROM STDIN"
             ) as copy:
                 for row in changes:
                     copy.write_row(row)
@@ -241,17 +268,20 @@ def _run_reactor(main: Callable[[Any], Any], task: Any) -> None:
 
 
 def measure_ceiling(db: Database, events: int) -> dict[str, float]:
-    spots, changes, _ = synthetic_rows(events)
+    spots, depth = stored_rows(events)
     target = db.fresh()
     _schema_in_child(db, target)
     connection = db.connect(target)
-    half = BATCH // 2
+    rows = len(spots) + sum(len(d) for d in depth)
+    per_event = rows / events
+    step = max(1, int(BATCH / per_event))  # about BATCH rows per transaction
     started = time.perf_counter()
-    for start in range(0, events, half):
-        db.bare_write(connection, spots[start : start + half], changes[start : start + half])
+    for start in range(0, events, step):
+        flat = [row for event in depth[start : start + step] for row in event]
+        db.bare_write(connection, spots[start : start + step], flat)
     elapsed = time.perf_counter() - started
     connection.close()
-    return {"rows_per_s": 2 * events / elapsed, "seconds": elapsed}
+    return {"rows_per_s": rows / elapsed, "events_per_s": 2 * events / elapsed}
 
 
 def _schema_in_child(db: Database, target: str) -> None:
@@ -302,24 +332,35 @@ def measure_capacity(db: Database, events: int) -> dict[str, float]:
 def _capacity(db: Database, events: int) -> dict[str, float]:
     from twisted.internet import defer, task
 
-    from ctrader_twisted.recorder._rows import DepthChange, SpotRow
+    from ctrader_twisted.recorder._rows import BarRow, DepthRow, SpotRow
     from ctrader_twisted.recorder._writer import BatchWriter
 
     target = db.fresh()
     result: dict[str, float] = {}
-    spots, changes, bars = synthetic_rows(events)
-    spot_rows = [SpotRow(s[0], s[1], s[3], s[4], s[2]) for s in spots]
-    change_rows = []
-    for n, row in enumerate(changes):
-        added = tuple(
-            (q[0], "bid" if q[1] == "b" else "ask", q[2], q[3]) for q in json.loads(row[2])
-        )
-        change_rows.append(DepthChange(row[0], row[1], added, tuple(json.loads(row[3]))))
-        del n
+    old = legacy()
+    stream = synthetic_events(events)
+    spot_rows = [SpotRow(e[0], e[1], e[2], e[2] + 12, e[1] - 3) for e in stream]
+    depth: list[Any] = []
+    for symbol, received, _, added, deleted in stream:
+        if old:
+            rows = [DepthRow(symbol, received, q, side, p, z) for q, side, p, z in added]
+            rows.extend(DepthRow(symbol, received, q, "delete", None, None) for q in deleted)
+            depth.append(rows)
+        else:
+            from ctrader_twisted.recorder._rows import DepthChange
+
+            depth.append(DepthChange(symbol, received, added, deleted))
+    bars = [BarRow(1 + n % SYMBOLS, 1, n, 110_000, 110_009, 109_990, 110_001, 50, "live")
+            for n in range(0, events, 1000)]  # fmt: skip
 
     async def run(reactor: Any) -> None:
         store = await db.open_store(reactor, target)
-        writer = BatchWriter(store, reactor, max_rows=BATCH, max_pending=10 * BATCH)
+        if old:
+            writer = BatchWriter(store, reactor, max_rows=BATCH)
+            add_depth = writer.add_depth
+        else:
+            writer = BatchWriter(store, reactor, max_rows=BATCH, max_pending=100 * BATCH)
+            add_depth = writer.add_depth_change
         started = time.perf_counter()
         index = 0
         while index < events:
@@ -327,7 +368,7 @@ def _capacity(db: Database, events: int) -> dict[str, float]:
             # the database takes them; yield to the reactor between bursts.
             while writer.rows_pending < 4 * BATCH and index < events:
                 writer.add_spot(spot_rows[index])
-                writer.add_depth_change(change_rows[index])
+                add_depth(depth[index])
                 if index % 1000 == 0:
                     writer.add_bar(bars[index // 1000])
                 index += 1
@@ -337,9 +378,8 @@ def _capacity(db: Database, events: int) -> dict[str, float]:
         writer.stop()
         result.update(
             rows_per_s=writer.rows_written / elapsed,
-            seconds=elapsed,
-            max_write_s=writer.max_write_seconds,
-            shed=writer.depth_rows_shed,
+            events_per_s=2 * events / elapsed,
+            max_write_s=getattr(writer, "max_write_seconds", float("nan")),
         )
         await store.close()
 
@@ -398,7 +438,7 @@ class Poller(threading.Thread):
         for table in ("depth_changes", "depth"):
             try:
                 connection.execute(f"SELECT id FROM {table} LIMIT 1").fetchall()  # noqa: S608
-            except Exception:  # noqa: BLE001 - not (yet) there
+            except Exception:
                 if isinstance(self.db, Postgres):
                     connection.rollback()
                 continue
@@ -417,6 +457,8 @@ def measure_live(
     logs.mkdir(exist_ok=True)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     sandbox_log = (logs / "sandbox.log").open("wb")
+    recorder: subprocess.Popen[bytes] | None = None
+    stop_seconds = float("nan")
     sandbox = subprocess.Popen(
         [sys.executable, *CLI, "sandbox", "--port", "0", "--state-dir",
          str(state), "--tick-interval", "0.001", "--always-open"],
@@ -440,13 +482,21 @@ def measure_live(
         poller.start()
         time.sleep(seconds)
         recorder.send_signal(signal.SIGTERM)
-        recorder.wait(60)
+        stopped_at = time.perf_counter()
+        try:
+            recorder.wait(90)
+        except subprocess.TimeoutExpired:
+            recorder.kill()  # it could not flush its backlog in time
+            recorder.wait(30)
+        stop_seconds = time.perf_counter() - stopped_at
         time.sleep(2 * POLL)
         stop.set()
         poller.join(10)
     finally:
-        sandbox.terminate()
-        sandbox.wait(30)
+        for process in (recorder, sandbox):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(30)
     text = (logs / "recorder.log").read_text(errors="replace")
     statuses = re.findall(r"Recorder status: (\d+) events received, (\d+) rows written", text)
     longest = re.findall(r"longest write ([\d.]+) s", text)
@@ -464,6 +514,7 @@ def measure_live(
         "p50_lag_ms": percentile(lags, 0.5),
         "p99_lag_ms": percentile(lags, 0.99),
         "max_lag_ms": max(lags, default=float("nan")),
+        "stop_s": stop_seconds,
     }
 
 
