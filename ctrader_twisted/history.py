@@ -18,7 +18,7 @@ so this module never sleeps.  Results come oldest first, without duplicates or g
 Two forms for each kind of data:
 
 * ``fetch_trendbars`` / ``fetch_ticks``: a Deferred firing with the whole list;
-* ``iter_trendbars`` / ``iter_ticks``: async iterators of batches (one per segment), for ranges
+* ``iter_trendbars`` / ``iter_ticks``: async iterators of batches (one per page), for ranges
   too large to hold at once; ``stream_trendbars`` / ``stream_ticks`` call a function per batch.
 """
 
@@ -56,9 +56,9 @@ __all__ = [
 MAX_TIMESTAMP: Final = 2_147_483_646_000
 #: Longest range of ticks asked for in one request.
 TICK_WINDOW: Final = timedelta(weeks=1)
-#: Most bar periods one batch of :func:`iter_trendbars` spans (a range is walked in segments
-#: of this length, each fetched newest first and delivered oldest first): about 35 days of M1,
-#: at most 50,000 bars held at once.
+#: Length of a trendbar segment in bar periods: a range is fetched in segments of this length,
+#: each newest first and held (as the compact protobuf messages) until complete, then delivered
+#: oldest first, page by page.  About 35 days of M1; at most 50,000 bars held at once.
 SEGMENT_BARS: Final = 50_000
 #: Consecutive answers without new data (but with ``hasMore``) tolerated before giving up.
 MAX_EMPTY_PAGES: Final = 64
@@ -106,16 +106,25 @@ class HistoryProgress:
 ProgressCallback = Callable[[HistoryProgress], None]
 
 _T = TypeVar("_T", Bar, Tick)
+#: What a segment holds while it is fetched: the decoded item, or for bars the compact
+#: protobuf message, decoded into a :class:`Bar` only when its page is delivered.
+_R = TypeVar("_R")
 #: Fetch one page: (fromTimestamp, toTimestamp inclusive) -> (items oldest first, hasMore).
-_PageFetcher = Callable[[int, int], Awaitable[tuple[list[_T], bool]]]
+_PageFetcher = Callable[[int, int], Awaitable[tuple[list[_R], bool]]]
 
 
-class _Pager(Generic[_T]):
-    """Walk a range segment by segment, and each segment newest first, page by page."""
+class _Pager(Generic[_R, _T]):
+    """Walk a range segment by segment, and each segment newest first, page by page.
+
+    :param stamp: an item's timestamp in milliseconds.
+    :param deliver: turns one page of held items into the items delivered.
+    """
 
     def __init__(
         self,
-        fetch: _PageFetcher[_T],
+        fetch: _PageFetcher[_R],
+        stamp: Callable[[_R], int],
+        deliver: Callable[[list[_R]], list[_T]],
         start_ms: int,
         end_ms: int,
         window_ms: int,
@@ -124,7 +133,9 @@ class _Pager(Generic[_T]):
         segment_ms: int | None = None,
         unique_times: bool = False,
     ) -> None:
-        self._fetch: _PageFetcher[_T] = fetch
+        self._fetch: _PageFetcher[_R] = fetch
+        self._stamp = stamp
+        self._deliver: Callable[[list[_R]], list[_T]] = deliver
         self._start = start_ms
         self._end = min(end_ms, MAX_TIMESTAMP + 1)
         self._window = window_ms
@@ -139,25 +150,26 @@ class _Pager(Generic[_T]):
         self._segment_lo = self._segment_hi = start_ms
 
     async def batches(self) -> AsyncIterator[list[_T]]:
+        """One batch per page, oldest first; a segment's pages once it is complete."""
         lo = self._start
         while lo < self._end:
             hi = min(lo + self._segment, self._end) - 1
             self._segment_lo, self._segment_hi = lo, hi
-            batch = await self._fetch_segment(lo, hi)
+            pages = await self._fetch_segment(lo, hi)  # newest first
             self._report(hi + 1)
-            if batch:
-                yield batch
+            while pages:
+                yield self._deliver(pages.pop())  # and no longer held
             lo = hi + 1
         if self._requests == 0:
             self._report(self._end)
 
-    async def _fetch_segment(self, lo: int, hi: int) -> list[_T]:
-        """Every item in ``[lo, hi]``, oldest first.
+    async def _fetch_segment(self, lo: int, hi: int) -> list[list[_R]]:
+        """The non-empty pages of ``[lo, hi]``, newest first, each oldest first.
 
         Each request spans at most one window and ends where the data already held begins, so
         every answer but the segment's oldest can be a full page.
         """
-        pages: list[list[_T]] = []  # newest first
+        pages: list[list[_R]] = []  # newest first
         pending = [(lo, hi)]  # a stack: the newest range is on top
         while pending:
             low, to = pending.pop()
@@ -165,7 +177,7 @@ class _Pager(Generic[_T]):
             while to >= low:
                 start = max(low, to - self._window + 1)
                 raw, more = await self._page(start, to)
-                fresh = _drop_held(raw, to, held)
+                fresh = self._drop_held(raw, to, held)
                 self._received += len(fresh)
                 self._report(self._segment_lo + (self._segment_hi - to))
                 if fresh:
@@ -175,11 +187,11 @@ class _Pager(Generic[_T]):
                     to, held = start - 1, 0
                     continue
                 if fresh:
-                    oldest = fresh[0].timestamp_ms
+                    oldest = self._stamp(fresh[0])
                     if self._unique_times:
                         to = oldest - 1
                         continue
-                    held = _count_at(fresh, oldest) + (held if oldest == to else 0)
+                    held = self._count_at(fresh, oldest) + (held if oldest == to else 0)
                     to = oldest
                     continue
                 self._no_progress()
@@ -191,13 +203,13 @@ class _Pager(Generic[_T]):
                     break
                 else:
                     to, held = start - 1, 0
-        pages.reverse()
-        return [item for page in pages for item in page]
+        return pages
 
-    async def _page(self, low: int, to: int) -> tuple[list[_T], bool]:
+    async def _page(self, low: int, to: int) -> tuple[list[_R], bool]:
         self._requests += 1
         items, more = await self._fetch(low, to)
-        return [i for i in items if low <= i.timestamp_ms <= to], more
+        stamp = self._stamp
+        return [i for i in items if low <= stamp(i) <= to], more
 
     def _no_progress(self) -> None:
         self._empty_streak += 1
@@ -212,17 +224,28 @@ class _Pager(Generic[_T]):
         fraction = 1.0 if total <= 0 else min(max((covered_until - self._start) / total, 0.0), 1.0)
         self._progress(HistoryProgress(fraction, self._received, self._requests))
 
+    def _count_at(self, items: list[_R], timestamp: int) -> int:
+        stamp = self._stamp
+        return sum(1 for item in items if stamp(item) == timestamp)
 
-def _count_at(items: list[_T], timestamp: int) -> int:
-    return sum(1 for item in items if item.timestamp_ms == timestamp)
+    def _drop_held(self, items: list[_R], to: int, held: int) -> list[_R]:
+        """Drop from an oldest-first page the ``held`` newest items stamped ``to`` (held)."""
+        if not held:
+            return items
+        drop = min(held, self._count_at(items, to))
+        return items[: len(items) - drop] if drop else items
 
 
-def _drop_held(items: list[_T], to: int, held: int) -> list[_T]:
-    """Drop from an oldest-first page the ``held`` newest items stamped ``to`` (already held)."""
-    if not held:
-        return items
-    drop = min(held, _count_at(items, to))
-    return items[: len(items) - drop] if drop else items
+def _trendbar_ms(trendbar: m.ProtoOATrendbar) -> int:
+    return trendbar.utcTimestampInMinutes * 60_000
+
+
+def _tick_ms(tick: Tick) -> int:
+    return tick.timestamp_ms
+
+
+def _same(ticks: list[Tick]) -> list[Tick]:
+    return ticks
 
 
 def _range_ms(start: datetime, end: datetime) -> tuple[int, int]:
@@ -257,14 +280,14 @@ def iter_trendbars(
         async for batch in iter_trendbars(client, account, 1, Period.M1, start, end):
             store(batch)
 
-    Each batch is non-empty, later than the one before and spans at most
-    :data:`SEGMENT_BARS` periods, so a year of M1 bars is never held at once.  Errors are
-    raised from the iteration as described in :func:`fetch_trendbars`.
+    Each batch is one page of the server's answers: non-empty and later than the one before.
+    At most one segment (:data:`SEGMENT_BARS` periods) is held at once, so a year of M1 bars
+    never is.  Errors are raised from the iteration as described in :func:`fetch_trendbars`.
     """
     bar_period = Period(period)
     start_ms, end_ms = _range_ms(start, end)
 
-    async def fetch(low: int, to: int) -> tuple[list[Bar], bool]:
+    async def fetch(low: int, to: int) -> tuple[list[m.ProtoOATrendbar], bool]:
         request = m.ProtoOAGetTrendbarsReq(
             ctidTraderAccountId=account_id,
             symbolId=symbol_id,
@@ -273,13 +296,17 @@ def iter_trendbars(
             toTimestamp=to,
         )
         response = await client.request(request, timeout=timeout)
-        bars = [bar_from_trendbar(tb, bar_period, digits=digits) for tb in response.trendbar]
-        bars.sort(key=lambda bar: bar.time)
-        return bars, response.hasMore
+        return sorted(response.trendbar, key=_trendbar_ms), response.hasMore
+
+    def deliver(page: list[m.ProtoOATrendbar]) -> list[Bar]:
+        return [bar_from_trendbar(tb, bar_period, digits=digits) for tb in page]
 
     size = _window_ms(window if window is not None else trendbar_window(bar_period))
     segment = SEGMENT_BARS * _bar_ms(bar_period)
-    pager = _Pager(fetch, start_ms, end_ms, size, progress, segment_ms=segment, unique_times=True)
+    pager = _Pager(
+        fetch, _trendbar_ms, deliver, start_ms, end_ms, size, progress,
+        segment_ms=segment, unique_times=True,
+    )  # fmt: skip
     return pager.batches()
 
 
@@ -315,7 +342,7 @@ def iter_ticks(
         return decode_ticks(response.tickData, quote_side, digits=digits), response.hasMore
 
     size = _window_ms(window if window is not None else TICK_WINDOW)
-    return _Pager(fetch, start_ms, end_ms, size, progress).batches()
+    return _Pager(fetch, _tick_ms, _same, start_ms, end_ms, size, progress).batches()
 
 
 async def _collect(batches: AsyncIterator[list[_T]]) -> list[_T]:

@@ -9,6 +9,7 @@ ones fetched in small independent pieces: no gaps, no duplicates, oldest first.
 
 from __future__ import annotations
 
+import itertools
 import math
 from datetime import datetime, timedelta
 
@@ -89,15 +90,23 @@ class FullPagesTests(SynchronousTestCase):
         ideal = math.ceil(len(bars) / page)
         self.assertLessEqual(requests, math.floor(ideal * 1.05), (requests, ideal))
 
-    def test_batches_are_segments_oldest_first(self) -> None:
-        sandbox, client = _connected(SandboxConfig(always_open=True, trendbar_chunk=5000))
+    def test_batches_are_pages_delivered_segment_by_segment(self) -> None:
+        page = 5000
+        sandbox, client = _connected(SandboxConfig(always_open=True, trendbar_chunk=page))
         start = END - timedelta(days=40)
         batches: list[list[Bar]] = []
+        requests_at_batch: list[int] = []
 
         async def take() -> None:
             async for batch in iter_trendbars(client, ACCOUNT, EURUSD, Period.M1, start, END):
                 batches.append(batch)
+                requests_at_batch.append(_requests(sandbox))
 
         sandbox.result(Deferred.fromCoroutine(take()), within=600)
-        self.assertEqual([len(b) for b in batches], [SEGMENT_BARS, 40 * 1440 - SEGMENT_BARS])
-        self.assertLess(batches[0][-1].time, batches[1][0].time)
+        sizes = [len(b) for b in batches]
+        self.assertEqual(sum(sizes), 40 * 1440)
+        self.assertLessEqual(max(sizes), page)
+        self.assertTrue(all(a[-1].time < b[0].time for a, b in itertools.pairwise(batches)))
+        # the first segment (50,000 minutes: 10 pages) is delivered before the rest is fetched
+        self.assertEqual(requests_at_batch[0], SEGMENT_BARS // page)
+        self.assertEqual(requests_at_batch[-1], SEGMENT_BARS // page + 2)  # 7,600 more bars

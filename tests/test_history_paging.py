@@ -188,17 +188,23 @@ class TrendbarPagingTests(SynchronousTestCase):
         server = FakeHistoryServer(bar_minutes=list(range(first, first + 120_000)), chunk=1000)
         batches: list[int] = []
         times: list[datetime] = []
+        requests_at_batch: list[int] = []
 
         def take(batch: list[object]) -> None:
             batches.append(len(batch))
             times.extend(b.time for b in batch)  # type: ignore[attr-defined]
+            requests_at_batch.append(len(server.requests))
 
         end = T0 + timedelta(minutes=120_000)
         total = stream_trendbars(iter_trendbars(server, 1, 1, Period.M1, T0, end), take)
         self.assertEqual(self.successResultOf(total), 120_000)
-        self.assertEqual(batches, [SEGMENT_BARS, SEGMENT_BARS, 20_000])  # one per segment
+        self.assertEqual(batches, [1000] * 120)  # one per page
         self.assertEqual(times, [T0 + timedelta(minutes=i) for i in range(120_000)])
         self.assertEqual(len(server.requests), 120)  # every answer a full page
+        # Delivered segment by segment: never more than SEGMENT_BARS bars fetched and held.
+        per_segment = SEGMENT_BARS // 1000
+        self.assertEqual(requests_at_batch[0], per_segment)
+        self.assertEqual(requests_at_batch[per_segment], 2 * per_segment)
 
 
 class TickPagingTests(SynchronousTestCase):
