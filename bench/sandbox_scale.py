@@ -28,9 +28,11 @@ is bounded; every process is stopped at the end.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import math
 import os
+import pstats
 import resource
 import select
 import subprocess
@@ -101,6 +103,7 @@ def _serve(args: argparse.Namespace) -> None:
     from ctrader_twisted.sandbox.live import MarketFeed
 
     reactor: Any = _reactor
+    profiler = cProfile.Profile()
     durations: list[float] = []
     state = {"counting": False, "mark": 0.0, "cpu": 0.0}
     original = MarketFeed.tick
@@ -126,10 +129,16 @@ def _serve(args: argparse.Namespace) -> None:
         def lineReceived(self, line: bytes) -> None:
             command = line.decode().strip()
             if command == "mark":
+                if args.profile:
+                    profiler.enable()
                 durations.clear()
                 state.update(counting=True, mark=time.perf_counter(), cpu=_cpu_seconds())
                 _emit({"marked": True})
             elif command == "report":
+                if args.profile:
+                    profiler.disable()
+                    stats = pstats.Stats(profiler, stream=sys.stderr)
+                    stats.sort_stats("tottime").print_stats(25)
                 elapsed = time.perf_counter() - state["mark"]
                 cpu = _cpu_seconds() - state["cpu"]
                 state["counting"] = False
@@ -375,11 +384,13 @@ def _run(
     warmup: float,
     across_minute: bool,
     log: IO[str],
+    profile: bool = False,
 ) -> dict[str, Any]:
     state_dir = tempfile.mkdtemp(prefix="sandbox-scale-")
     children: list[_Child] = []
     try:
-        server = _Child(["_serve", "--tick-interval", str(tick_interval), "--state-dir", state_dir])
+        argv = ["_serve", "--tick-interval", str(tick_interval), "--state-dir", state_dir]
+        server = _Child(argv + (["--profile"] if profile else []))
         children.append(server)
         where = server.read(60)
         symbols = ",".join(str(s) for s in range(1, SYMBOL_COUNT + 1))
@@ -486,6 +497,7 @@ def _orchestrate(args: argparse.Namespace) -> None:
                 warmup=args.warmup,
                 across_minute=False,
                 log=log,
+                profile=args.profile,
             )
             results["fanout"].append(run)
             sandbox = run["sandbox"]
@@ -505,6 +517,7 @@ def main(argv: list[str] | None = None) -> None:
     serve = sub.add_parser("_serve")
     serve.add_argument("--tick-interval", type=float, required=True)
     serve.add_argument("--state-dir", required=True)
+    serve.add_argument("--profile", action="store_true")
     clients = sub.add_parser("_clients")
     clients.add_argument("--port", type=int, required=True)
     clients.add_argument("--ca-file", required=True)
@@ -519,6 +532,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--profile", action="store_true", help="profile the sandbox (fanout), on its stderr"
+    )
     args = parser.parse_args(argv)
     if args.command == "_serve":
         _serve(args)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -437,3 +438,24 @@ class TickScheduleTests(SynchronousTestCase):
         for _ in range(100):
             wire.clock.advance(0.001)
         self.assertGreater(len(wire.received()), 80)
+
+
+class TLSEndpointTests(SynchronousTestCase):
+    def test_writes_go_to_tls_at_once(self) -> None:
+        """The sandbox's TLS connections encrypt each write at once: Twisted's default TLS
+        server transport would add a delayed call per connection per tick."""
+        from twisted.internet.testing import MemoryReactor
+        from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+        from ctrader_twisted.sandbox.certs import ensure_certificates, server_tls_options
+        from ctrader_twisted.sandbox.server import tls_server_endpoint
+
+        certs = ensure_certificates(Path(self.mktemp()))
+        options = server_tls_options(certs.server_file.read_bytes())
+        reactor = MemoryReactor()
+        factory = make_factory()
+        tls_server_endpoint(reactor, 0, options, "127.0.0.1").listen(factory)
+        (port,) = reactor.tcpServers
+        protocol = port[1].buildProtocol(None)
+        self.assertIs(type(protocol), TLSMemoryBIOProtocol)
+        self.assertIs(protocol.wrappedProtocol.factory, factory)

@@ -11,20 +11,24 @@ from typing import Final, cast
 
 from google.protobuf.message import Message
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, wrapClientTLS
 from twisted.internet.interfaces import (
     IAddress,
     IListeningPort,
+    IProtocolFactory,
     IReactorSSL,
     IReactorTCP,
     IReactorThreads,
     IReactorTime,
     IStreamClientEndpoint,
+    IStreamServerEndpoint,
 )
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.ssl import Certificate, CertificateOptions, optionsForClientTLS
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from zope.interface import implementer
 
 from .. import messages as m
 from ..protocol import OpenApiProtocol
@@ -264,6 +268,36 @@ async def _done() -> None:
     return None
 
 
+@implementer(IStreamServerEndpoint)
+class _TLSServerEndpoint:
+    """TLS over a TCP server endpoint, each write encrypted and handed to TCP at once.
+
+    Twisted's own TLS server transport collects small writes until the next reactor turn
+    (one delayed call per connection that wrote); the sandbox already writes a tick's frames
+    to a connection in one write, so with thousands of subscribers that only added a timer
+    per connection per tick.
+    """
+
+    def __init__(self, tcp: IStreamServerEndpoint, options: CertificateOptions) -> None:
+        self._tcp = tcp
+        self._options = options
+
+    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+        tls = TLSMemoryBIOFactory(self._options, False, factory)
+        tls.protocol = TLSMemoryBIOProtocol
+        result: Deferred[IListeningPort] = self._tcp.listen(tls)
+        return result
+
+
+def tls_server_endpoint(
+    reactor: IReactorTCP, port: int, options: CertificateOptions, interface: str
+) -> IStreamServerEndpoint:
+    """A TLS server endpoint on ``interface:port`` for a sandbox (see
+    :class:`_TLSServerEndpoint`)."""
+    tcp = TCP4ServerEndpoint(reactor, port, interface=interface)  # type: ignore[no-untyped-call]
+    return _TLSServerEndpoint(tcp, options)
+
+
 def start_sandbox(
     reactor: IReactorSSL,
     config: SandboxConfig | None = None,
@@ -306,9 +340,7 @@ async def _start(
     else:
         certs, options = _load_certificates(directory)
     factory = SandboxFactory(config, reactor)  # type: ignore[arg-type]
-    endpoint = SSL4ServerEndpoint(  # type: ignore[no-untyped-call]
-        reactor, port, options, interface=interface
-    )
-    listening: IListeningPort = await endpoint.listen(factory)  # type: ignore[no-untyped-call]
+    endpoint = tls_server_endpoint(cast(IReactorTCP, reactor), port, options, interface)
+    listening: IListeningPort = await endpoint.listen(factory)
     bound = listening.getHost().port  # type: ignore[attr-defined]
     return RunningSandbox("localhost", bound, certs.ca_file, factory, listening, interface)

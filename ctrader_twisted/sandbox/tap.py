@@ -16,16 +16,17 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, Final, TextIO, cast
 
 from OpenSSL import SSL, crypto
 from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IListeningPort,
     IReactorCore,
+    IReactorTCP,
     IReactorTime,
     IStreamServerEndpoint,
 )
@@ -51,7 +52,7 @@ from .config import (
     SandboxConfig,
     default_state_dir,
 )
-from .server import SandboxFactory
+from .server import SandboxFactory, tls_server_endpoint
 
 __all__ = [
     "EXIT_FAILED",
@@ -428,10 +429,8 @@ class SandboxService(Service):
             raise SandboxStartError(f"bad file {certs.server_file}: {reason}", EXIT_USAGE) from None
         except ValueError as error:
             raise SandboxStartError(f"bad file {certs.server_file}: {error}", EXIT_USAGE) from None
-        endpoint: IStreamServerEndpoint = SSL4ServerEndpoint(  # type: ignore[no-untyped-call]
-            self.reactor, options["port"], tls, interface="127.0.0.1"
-        )
-        return endpoint
+        reactor = cast(IReactorTCP, self.reactor)
+        return tls_server_endpoint(reactor, options["port"], tls, "127.0.0.1")
 
     def privilegedStartService(self) -> None:
         """Start listening; the banner is written once the port is open.
