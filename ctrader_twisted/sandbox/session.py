@@ -8,6 +8,7 @@ account authorization; then hands the request to the handler registered for its 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -118,6 +119,7 @@ class Session:
     def connection_made(self, protocol: OpenApiProtocol) -> None:
         self.protocol = protocol
         self.flow.register(protocol.transport)
+        _no_delay(protocol.transport)
         self.factory.session_opened(self)
         cap = self.config.max_connections
         if cap and sum(not s.refused for s in self.factory.sessions) > cap:
@@ -421,3 +423,13 @@ class Session:
             if timer.active():
                 timer.cancel()
         self._timers = []
+
+
+def _no_delay(transport: object) -> None:
+    """Turn Nagle's algorithm off on a TCP transport (through TLS too): market data is many
+    small writes, and with it on a write waits for the client to acknowledge the last one,
+    which a client may delay by 40 ms."""
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if callable(set_no_delay):
+        with contextlib.suppress(OSError):  # (not a TCP socket after all)
+            set_no_delay(True)
