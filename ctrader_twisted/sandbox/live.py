@@ -12,6 +12,7 @@ both sides (and the bars in progress) and a fresh depth book.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
@@ -148,19 +149,20 @@ class MarketFeed:
 
         Unlike a ``LoopingCall``, a tick that ran late does not make the next one skip its
         turn: the next is due one interval after the late one was due (at once if that has
-        passed), unless the feed is more than an interval (and 5 ms) behind.  When the
-        interval is the walk's tick spacing, ticks are kept on the walk's slot boundaries (the
-        feed may have started anywhere within a slot, and sums of floats drift) and each tick
-        sends the price of its own slot, so that every price reaches the subscribers even when
-        the reactor wakes up a few milliseconds late (``epoll`` waits in whole milliseconds,
-        and a busy machine schedules the process late).
+        passed), unless that is more than 5 ms ago: then it skips to its next turn after now,
+        as a ``LoopingCall`` does, so an overloaded feed sheds ticks instead of falling
+        further behind.  When the interval is the walk's tick spacing, ticks are kept on the
+        walk's slot boundaries (the feed may have started anywhere within a slot, and sums of
+        floats drift) and each tick sends the price of its own slot, so that every price
+        reaches the subscribers even when the reactor wakes up a few milliseconds late
+        (``epoll`` waits in whole milliseconds, and a busy machine schedules the process late).
         """
         clock = self._factory.clock
         now = clock.seconds()
         interval = self._interval
         due += interval
-        if due < now - max(interval, _CATCH_UP):
-            due = now
+        if due < now - _CATCH_UP:  # too far behind: skip to the next turn after now
+            due += (math.floor((now - due) / interval) + 1) * interval
         if self._aligned and self._slot_start(due) is None:
             due = self._nearest_boundary(due)
         self._due = due
