@@ -13,11 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from twisted.internet import reactor as global_reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IReactorProcess
-from twisted.internet.protocol import ProcessProtocol
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ctrader_twisted._cli_errors import ExitCode
@@ -26,41 +22,29 @@ from ctrader_twisted._cli_reactor import CliReactor
 from ctrader_twisted.cli import main
 from ctrader_twisted.sandbox import RunningSandbox, SandboxConfig, start_sandbox
 
+from .process_support import CollectingProcess
+
 reactor: CliReactor = global_reactor  # type: ignore[assignment]
 CLI = "import sys; from ctrader_twisted.cli import main; sys.exit(main())"
 
 
-class _ClosesAfterOneLine(ProcessProtocol):
+class _ClosesAfterOneLine(CollectingProcess):
     """Read the child's stdout until the first complete line, then close our end of the pipe
     (as ``head -1`` does); keep stderr; fire ``ended`` with the exit status."""
 
     def __init__(self, lines: int = 1) -> None:
+        super().__init__()
         self.wanted = lines
-        self.out = b""
-        self.err = b""
         self.closed = False
-        self.ended: Deferred[int] = Deferred()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
-        if childFD == 2:
-            self.err += data
+        if childFD == 1 and self.closed:
             return
-        if self.closed:
-            return
-        self.out += data
-        if self.out.count(b"\n") >= self.wanted:
+        super().childDataReceived(childFD, data)
+        if childFD == 1 and self.out.count(b"\n") >= self.wanted:
             self.closed = True
             assert self.transport is not None
             self.transport.closeChildFD(1)
-
-    def processEnded(self, reason: Failure) -> None:
-        value = reason.value
-        if isinstance(value, ProcessDone):
-            self.ended.callback(0)
-        elif isinstance(value, ProcessTerminated) and value.exitCode is not None:
-            self.ended.callback(value.exitCode)
-        else:
-            self.ended.callback(-1)
 
 
 class ClosedPipeTests(TestCase):

@@ -14,11 +14,7 @@ import sys
 from pathlib import Path
 
 from twisted.internet import reactor as global_reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IReactorProcess
-from twisted.internet.protocol import ProcessProtocol
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import ctrader_twisted
@@ -31,6 +27,8 @@ from ctrader_twisted.sandbox import (
     SandboxConfig,
     start_sandbox,
 )
+
+from .process_support import CollectingProcess
 
 reactor: CliReactor = global_reactor  # type: ignore[assignment]
 
@@ -125,28 +123,6 @@ class ImportTests(SynchronousTestCase):
             ctrader_twisted.NoSuchName  # type: ignore[attr-defined]  # noqa: B018
 
 
-class _Collect(ProcessProtocol):
-    def __init__(self) -> None:
-        self.out = b""
-        self.err = b""
-        self.ended: Deferred[int] = Deferred()
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        if childFD == 1:
-            self.out += data
-        else:
-            self.err += data
-
-    def processEnded(self, reason: Failure) -> None:
-        value = reason.value
-        if isinstance(value, ProcessDone):
-            self.ended.callback(0)
-        elif isinstance(value, ProcessTerminated) and value.exitCode is not None:
-            self.ended.callback(value.exitCode)
-        else:
-            self.ended.callback(-1)
-
-
 class CommandTests(TestCase):
     """A command against a real server (a sandbox used as a demo server): no sandbox code."""
 
@@ -170,7 +146,7 @@ class CommandTests(TestCase):
         }
         where = ["--env", "demo", "--host", "localhost", "--port", str(running.port)]
         args = ["symbols", "EUR", "--json", *where, "--ca-file", str(running.ca_file)]
-        protocol = _Collect()
+        protocol = CollectingProcess()
         spawn: IReactorProcess = global_reactor  # type: ignore[assignment]
         spawn.spawnProcess(
             protocol, sys.executable, [sys.executable, "-c", _CLI, *args], env=env, path=str(home)
